@@ -1,0 +1,208 @@
+"""Public value types: immutable presence records, connection states and client options."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn, Optional
+
+import attrs
+
+__all__ = [
+    "ActorPresence",
+    "ConnectionState",
+    "FrozenDict",
+    "LobbyPresenceEvent",
+    "NoLagOptions",
+    "freeze",
+    "thaw",
+]
+
+
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses mutation: safe to share between threads, still JSON-serialisable."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("presence data is read-only; use client.set_presence() to change it")
+
+    __setitem__ = _readonly
+    __delitem__ = _readonly
+    clear = _readonly
+    pop = _readonly
+    popitem = _readonly
+    setdefault = _readonly
+    update = _readonly
+    __ior__ = _readonly
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({dict.__repr__(self)})"
+
+
+EMPTY: FrozenDict = FrozenDict()
+
+
+def freeze(value: Any) -> Any:
+    """Return a deeply immutable copy of JSON-like data (dicts → FrozenDict, lists → tuples)."""
+    if isinstance(value, FrozenDict):
+        return value
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Return a plain, mutable copy of frozen data (FrozenDict → dict, tuples → lists)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
+def _freeze_presence(value: Any) -> FrozenDict:
+    """Presence is a mapping; anything else a foreign client sent becomes an empty mapping."""
+    if isinstance(value, Mapping):
+        frozen: FrozenDict = freeze(value)
+        return frozen
+    return EMPTY
+
+
+@attrs.frozen(slots=True)
+class ActorPresence:
+    """One actor's presence as the cache knows it: who, what kind, custom data, since when."""
+
+    actor_token_id: str
+    presence: FrozenDict = attrs.field(factory=FrozenDict, converter=_freeze_presence)
+    actor_type: Optional[str] = None
+    joined_at: Optional[float] = None
+    room: Optional[str] = None
+    connections: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-ready dict, camelCase keys as on the wire."""
+        return {
+            "actorTokenId": self.actor_token_id,
+            "actorType": self.actor_type,
+            "presence": thaw(self.presence),
+            "joinedAt": self.joined_at,
+            "roomId": self.room,
+            "connections": self.connections,
+        }
+
+
+class ConnectionState(str, enum.Enum):
+    """Where the client's connection stands."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen(slots=True)
+class LobbyPresenceEvent:
+    """A presence change seen through a lobby: which room, which actor, what happened."""
+
+    kind: str
+    lobby: str
+    room: str
+    actor: ActorPresence
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{attribute.name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+def _ws_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, not {type(value).__name__}")
+    if not value.startswith(("ws://", "wss://")):
+        raise ValueError(f"{attribute.name} must start with ws:// or wss://, got {value!r}")
+
+
+def _http_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError(f"{attribute.name} must start with http:// or https://, got {value!r}")
+
+
+def _opt_str(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{attribute.name} must be a non-empty str or None, got {value!r}")
+
+
+def _opt_count(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an int >= 0 or None, got {value!r}")
+
+
+DEFAULT_URL = "ws://127.0.0.1:8080/ws"
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class NoLagOptions:
+    """Everything a client can be told; every field is validated when the options are built."""
+
+    url: str = attrs.field(default=DEFAULT_URL, validator=_ws_url)
+    #: base URL of the REST API; derived from `url` (ws→http, wss→https) when None
+    rest_url: Optional[str] = attrs.field(default=None, validator=_http_url)
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: timeout of fetch_presence (REST and socket fallback) unless the call gives one
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: seconds between empty-frame heartbeats; the broker closes sockets idle for 60 s
+    heartbeat_interval: float = attrs.field(default=30.0, validator=_positive)
+    protocol_version: int = attrs.field(default=2, validator=attrs.validators.in_((1, 2)))
+    #: room used by set_presence() without a room; None means project-level presence
+    default_room: Optional[str] = attrs.field(default=None, validator=_opt_str)
+    #: client-side limit on the encoded size of presence data, in bytes
+    max_presence_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
+    #: after presence enters a room, fetch that room's list over the socket and reconcile
+    sync_on_join: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    reconnect: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    reconnect_initial_delay: float = attrs.field(default=0.5, validator=_positive)
+    reconnect_max_delay: float = attrs.field(default=30.0, validator=_positive)
+    reconnect_factor: float = attrs.field(default=2.0, validator=_positive)
+    #: None retries for ever
+    reconnect_max_attempts: Optional[int] = attrs.field(default=None, validator=_opt_count)
+
+    def derived_rest_url(self) -> str:
+        """The REST base URL: rest_url if given, else the WebSocket URL's origin over http(s)."""
+        if self.rest_url is not None:
+            return self.rest_url.rstrip("/")
+        scheme, rest = self.url.split("://", 1)
+        host = rest.split("/", 1)[0]
+        return f"{'https' if scheme == 'wss' else 'http'}://{host}"
+
+    @classmethod
+    def field_names(cls) -> Iterable[str]:
+        """Names accepted as keyword options by NoLag(...)."""
+        return [a.name for a in attrs.fields(cls)]

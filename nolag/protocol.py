@@ -1,0 +1,488 @@
+"""The NoLag wire protocol, sans-IO: encode client frames, decode server frames to typed events.
+
+Nothing here touches a socket, a thread or a clock. `decode_frame` never raises: a frame it
+cannot make sense of comes back as a `ProtocolError` value for the reader to log and count.
+Server frames mix key casings (presence events are snake_case, lists camelCase); every
+lookup accepts both, and unknown keys are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import attrs
+import msgpack
+
+__all__ = [
+    "HEARTBEAT",
+    "AuthOk",
+    "AuthRefused",
+    "ErrorFrame",
+    "Heartbeat",
+    "LobbyPresence",
+    "LobbySnapshot",
+    "LobbyUnsubscribed",
+    "OtherFrame",
+    "PresenceEntry",
+    "PresenceEvent",
+    "PresenceList",
+    "ProtocolError",
+    "ServerFrame",
+    "decode_frame",
+    "encode_auth",
+    "encode_clear_presence",
+    "encode_get_lobby_presence",
+    "encode_get_presence",
+    "encode_lobby_subscribe",
+    "encode_lobby_unsubscribe",
+    "encode_presence",
+    "validate_presence_data",
+]
+
+#: the heartbeat is an empty binary frame, both ways
+HEARTBEAT = b""
+
+PRESENCE_KINDS = ("join", "update", "leave")
+
+
+# ---------------------------------------------------------------- server → client events
+
+
+@attrs.frozen(slots=True)
+class Heartbeat:
+    """The server's echo of an empty-frame heartbeat."""
+
+
+@attrs.frozen(slots=True)
+class AuthOk:
+    """Authentication succeeded: who the token is."""
+
+    actor_token_id: str
+    project_id: Optional[str]
+    actor_type: Optional[str]
+    protocol_version: int
+    restored_subscriptions: tuple[Any, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class AuthRefused:
+    """Authentication failed; `error` is the server's reason (e.g. access_denied)."""
+
+    error: str
+
+
+@attrs.frozen(slots=True)
+class PresenceEvent:
+    """A room or project presence join/update/leave.
+
+    `room_given` is False when the frame had no roomId key (the real broker never sends
+    one: the event belongs to the receiving socket's room); when True, `room` is the slug,
+    or None for project-level presence.
+    """
+
+    kind: str
+    actor_token_id: str
+    presence: Any
+    room: Optional[str] = None
+    room_given: bool = False
+    connection_id: Optional[str] = None
+    actor_type: Optional[str] = None
+
+
+@attrs.frozen(slots=True)
+class PresenceEntry:
+    """One socket's entry in a presence list."""
+
+    actor_token_id: str
+    presence: Any
+    joined_at: Optional[float] = None
+    status: Optional[str] = None
+    connection_id: Optional[str] = None
+    actor_type: Optional[str] = None
+
+
+@attrs.frozen(slots=True)
+class PresenceList:
+    """The reply to getPresence: one entry per socket present in `room` (None: project level)."""
+
+    room: Optional[str]
+    entries: tuple[PresenceEntry, ...]
+
+
+@attrs.frozen(slots=True)
+class LobbySnapshot:
+    """lobbySubscribed (`initial`) or lobbyPresenceList: {room slug: {actor id: entry}}."""
+
+    lobby_id: str
+    rooms: Mapping[str, Mapping[str, PresenceEntry]]
+    initial: bool
+
+
+@attrs.frozen(slots=True)
+class LobbyPresence:
+    """A presence change in one of a lobby's rooms."""
+
+    kind: str
+    lobby_id: str
+    room: str
+    actor_token_id: str
+    presence: Any
+
+
+@attrs.frozen(slots=True)
+class LobbyUnsubscribed:
+    """The server confirmed a lobbyUnsubscribe."""
+
+    lobby_id: str
+
+
+@attrs.frozen(slots=True)
+class ErrorFrame:
+    """An error frame: name, optional numeric code and the context the server gave."""
+
+    error: str
+    code: Optional[int] = None
+    hint: Optional[str] = None
+    room: Optional[str] = None
+    lobby_id: Optional[str] = None
+    topic: Optional[str] = None
+    msg_ref: Optional[str] = None
+    max_size_bytes: Optional[int] = None
+
+
+@attrs.frozen(slots=True)
+class OtherFrame:
+    """A well-formed frame of a type presence does not use (subscribed, message, ...)."""
+
+    type: str
+    fields: Mapping[str, Any]
+
+
+@attrs.frozen(slots=True)
+class ProtocolError:
+    """A frame that could not be decoded; a value, never raised out of the reader."""
+
+    reason: str
+    payload: bytes = b""
+
+
+ServerFrame = Union[
+    Heartbeat,
+    AuthOk,
+    AuthRefused,
+    PresenceEvent,
+    PresenceList,
+    LobbySnapshot,
+    LobbyPresence,
+    LobbyUnsubscribed,
+    ErrorFrame,
+    OtherFrame,
+]
+
+_HEARTBEAT = Heartbeat()
+_MISSING = object()
+
+
+def _get(frame: Mapping[str, Any], camel: str, snake: str, default: Any = None) -> Any:
+    """Look a key up in either casing."""
+    value = frame.get(camel, _MISSING)
+    if value is _MISSING:
+        value = frame.get(snake, default)
+    return value
+
+
+def _opt_str(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _opt_time(value: Any) -> Optional[float]:
+    """joinedAt is Unix seconds; accept ints/floats, and milliseconds if a server sends them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return None
+    seconds = float(value)
+    return seconds / 1000.0 if seconds > 1e11 else seconds
+
+
+def _opt_int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class _Bad(Exception):
+    """Internal: the frame is malformed; turned into a ProtocolError value."""
+
+
+def _req_str(frame: Mapping[str, Any], camel: str, snake: str) -> str:
+    value = _get(frame, camel, snake)
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"missing or non-string {camel!r}")
+    return value
+
+
+def _entry(raw: Any) -> PresenceEntry:
+    if not isinstance(raw, Mapping):
+        raise _Bad("presence list entry is not a map")
+    return PresenceEntry(
+        actor_token_id=_req_str(raw, "actorTokenId", "actor_token_id"),
+        presence=raw.get("presence"),
+        joined_at=_opt_time(_get(raw, "joinedAt", "joined_at")),
+        status=_opt_str(raw.get("status")),
+        connection_id=_opt_str(_get(raw, "connectionId", "connection_id")),
+        actor_type=_opt_str(_get(raw, "actorType", "actor_type")),
+    )
+
+
+def _decode_auth(frame: Mapping[str, Any]) -> Union[AuthOk, AuthRefused]:
+    if frame.get("success") is True:
+        version = _opt_int(_get(frame, "protocolVersion", "protocol_version"))
+        restored = _get(frame, "restoredSubscriptions", "restored_subscriptions", ())
+        return AuthOk(
+            actor_token_id=_req_str(frame, "actorTokenId", "actor_token_id"),
+            project_id=_opt_str(_get(frame, "projectId", "project_id")),
+            actor_type=_opt_str(_get(frame, "actorType", "actor_type")),
+            protocol_version=version if version is not None else 1,
+            restored_subscriptions=tuple(restored) if isinstance(restored, list) else (),
+        )
+    error = frame.get("error")
+    return AuthRefused(error=error if isinstance(error, str) and error else "access_denied")
+
+
+def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
+    kind = frame.get("event")
+    if kind not in PRESENCE_KINDS:
+        raise _Bad(f"presence event {kind!r} is not join, update or leave")
+    data = frame.get("data")
+    if not isinstance(data, Mapping):
+        raise _Bad("presence event without a data map")
+    room_given = "roomId" in frame or "room_id" in frame
+    room = _get(frame, "roomId", "room_id")
+    if room is not None and not isinstance(room, str):
+        raise _Bad("presence event roomId is not a string")
+    return PresenceEvent(
+        kind=kind,
+        actor_token_id=_req_str(data, "actorTokenId", "actor_token_id"),
+        presence=data.get("presence") if kind != "leave" else None,
+        room=room,
+        room_given=room_given,
+        connection_id=_opt_str(
+            _get(
+                data, "connectionId", "connection_id", _get(frame, "connectionId", "connection_id")
+            )
+        ),
+        actor_type=_opt_str(_get(data, "actorType", "actor_type")),
+    )
+
+
+def _decode_list(frame: Mapping[str, Any]) -> PresenceList:
+    data = frame.get("data")
+    if not isinstance(data, list):
+        raise _Bad("presenceList without a data list")
+    room = _get(frame, "roomId", "room_id")
+    if room is not None and not isinstance(room, str):
+        raise _Bad("presenceList roomId is not a string")
+    return PresenceList(room=room, entries=tuple(_entry(e) for e in data))
+
+
+def _decode_lobby_rooms(raw: Any) -> dict[str, dict[str, PresenceEntry]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _Bad("lobby presence is not a map")
+    rooms: dict[str, dict[str, PresenceEntry]] = {}
+    for room, actors in raw.items():
+        if not isinstance(room, str) or not isinstance(actors, Mapping):
+            raise _Bad("lobby presence room is not a map of actors")
+        members: dict[str, PresenceEntry] = {}
+        for actor_id, entry in actors.items():
+            if not isinstance(actor_id, str) or not isinstance(entry, Mapping):
+                raise _Bad("lobby presence entry is not a map")
+            if "actorTokenId" not in entry and "actor_token_id" not in entry:
+                entry = {**entry, "actorTokenId": actor_id}
+            members[actor_id] = _entry(entry)
+        rooms[room] = members
+    return rooms
+
+
+def _decode_lobby_presence(frame: Mapping[str, Any]) -> LobbyPresence:
+    kind = frame.get("event")
+    if kind not in PRESENCE_KINDS:
+        raise _Bad(f"lobbyPresence event {kind!r} is not join, update or leave")
+    return LobbyPresence(
+        kind=kind,
+        lobby_id=_req_str(frame, "lobbyId", "lobby_id"),
+        room=_req_str(frame, "roomId", "room_id"),
+        actor_token_id=_req_str(frame, "actorId", "actor_id"),
+        presence=frame.get("data") if kind != "leave" else None,
+    )
+
+
+def _decode_error(frame: Mapping[str, Any]) -> ErrorFrame:
+    error = frame.get("error")
+    return ErrorFrame(
+        error=error if isinstance(error, str) and error else "unknown_error",
+        code=_opt_int(frame.get("code")),
+        hint=_opt_str(frame.get("hint")),
+        room=_opt_str(_get(frame, "roomId", "room_id")),
+        lobby_id=_opt_str(_get(frame, "lobbyId", "lobby_id")),
+        topic=_opt_str(frame.get("topic")),
+        msg_ref=_opt_str(_get(frame, "msgRef", "msg_ref")),
+        max_size_bytes=_opt_int(_get(frame, "maxSizeBytes", "max_size_bytes")),
+    )
+
+
+def decode_map(frame: Any) -> Union[ServerFrame, ProtocolError]:
+    """Turn one decoded MessagePack value into a typed server event (or a ProtocolError)."""
+    if not isinstance(frame, Mapping):
+        return ProtocolError(f"frame is a {type(frame).__name__}, not a map")
+    kind = frame.get("type")
+    try:
+        if kind == "presence":
+            return _decode_presence(frame)
+        if kind == "presenceList":
+            return _decode_list(frame)
+        if kind == "auth":
+            return _decode_auth(frame)
+        if kind == "lobbyPresence":
+            return _decode_lobby_presence(frame)
+        if kind in ("lobbySubscribed", "lobbyPresenceList"):
+            return LobbySnapshot(
+                lobby_id=_req_str(frame, "lobbyId", "lobby_id"),
+                rooms=_decode_lobby_rooms(frame.get("presence")),
+                initial=kind == "lobbySubscribed",
+            )
+        if kind == "lobbyUnsubscribed":
+            return LobbyUnsubscribed(lobby_id=_req_str(frame, "lobbyId", "lobby_id"))
+        if kind == "error":
+            return _decode_error(frame)
+        if isinstance(kind, str) and kind:
+            return OtherFrame(type=kind, fields=dict(frame))
+        return ProtocolError("frame has no type")
+    except _Bad as exc:
+        return ProtocolError(f"malformed {kind} frame: {exc}")
+
+
+def decode_frame(payload: bytes) -> Union[ServerFrame, ProtocolError]:
+    """Decode one binary WebSocket message from the server. Never raises."""
+    if not payload:
+        return _HEARTBEAT
+    try:
+        value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        return ProtocolError(f"undecodable MessagePack: {exc!r}", bytes(payload[:256]))
+    result = decode_map(value)
+    if isinstance(result, ProtocolError) and not result.payload:
+        return ProtocolError(result.reason, bytes(payload[:256]))
+    return result
+
+
+# ---------------------------------------------------------------- client → server frames
+
+
+def _pack(frame: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(frame, use_bin_type=True)
+    return packed
+
+
+def encode_auth(token: str, protocol_version: int = 2, reconnect: bool = False) -> bytes:
+    """The first frame: the actor token, the protocol version, and the reconnect flag if set."""
+    if not isinstance(token, str) or not token:
+        raise ValueError("token must be a non-empty str")
+    frame: dict[str, Any] = {"type": "auth", "token": token, "protocolVersion": protocol_version}
+    if reconnect:
+        frame["reconnect"] = True
+    return _pack(frame)
+
+
+def encode_presence(data: Mapping[str, Any], room: Optional[str] = None) -> bytes:
+    """Set presence in `room`, or at project level when room is None (no roomId key)."""
+    frame: dict[str, Any] = {"type": "presence"}
+    if room is not None:
+        frame["roomId"] = room
+    frame["data"] = dict(data)
+    return _pack(frame)
+
+
+def encode_clear_presence(room: Optional[str] = None) -> bytes:
+    """Clear presence: empty data (the protocol has no separate leave-room frame)."""
+    return encode_presence({}, room)
+
+
+def encode_get_presence(room: Optional[str] = None) -> bytes:
+    """Ask for the presence list of `room` (project level when None)."""
+    frame: dict[str, Any] = {"type": "getPresence"}
+    if room is not None:
+        frame["roomId"] = room
+    return _pack(frame)
+
+
+def encode_lobby_subscribe(lobby: str) -> bytes:
+    """Subscribe to a lobby's presence across its rooms."""
+    return _pack({"type": "lobbySubscribe", "lobbyId": lobby})
+
+
+def encode_lobby_unsubscribe(lobby: str) -> bytes:
+    """Stop receiving a lobby's presence events."""
+    return _pack({"type": "lobbyUnsubscribe", "lobbyId": lobby})
+
+
+def encode_get_lobby_presence(lobby: str) -> bytes:
+    """Ask for a lobby's current presence snapshot."""
+    return _pack({"type": "getLobbyPresence", "lobbyId": lobby})
+
+
+# ---------------------------------------------------------------- presence data validation
+
+_SCALARS = (str, int, float, bool, type(None))
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+
+
+def _check_value(value: Any, path: str) -> Any:
+    """Return a plain copy of a JSON-like value, or raise TypeError naming `path`."""
+    if isinstance(value, _SCALARS):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not _INT_MIN <= value <= _UINT_MAX:
+                raise TypeError(f"presence data {path}: integer {value} does not fit in 64 bits")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise TypeError(f"presence data {path}: {value!r} is not a finite number")
+        return value
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"presence data {path}: key {key!r} is a {type(key).__name__}, keys must be str"
+                )
+            out[key] = _check_value(item, f"{path}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_check_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"presence data {path}: bytes are not allowed (send text; a non-UTF-8 binary "
+            "crashes receivers on the real broker)"
+        )
+    raise TypeError(
+        f"presence data {path}: {type(value).__name__} is not JSON-like "
+        "(use str, int, float, bool, None, lists and str-keyed mappings)"
+    )
+
+
+def validate_presence_data(data: Any, max_bytes: int) -> tuple[dict[str, Any], bytes]:
+    """Check presence data before anything is sent; return a plain copy and its encoding.
+
+    Raises TypeError naming the offending key for anything that is not JSON-like, and
+    ValueError naming the limit when the encoded data is larger than `max_bytes`.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"presence data must be a mapping, not {type(data).__name__}")
+    plain: dict[str, Any] = _check_value(data, "")
+    packed = _pack(plain)
+    if len(packed) > max_bytes:
+        raise ValueError(
+            f"presence data is {len(packed)} bytes encoded, over the max_presence_bytes "
+            f"limit of {max_bytes}; keep presence small (ids and short status strings)"
+        )
+    return plain, packed
