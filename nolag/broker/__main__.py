@@ -1,0 +1,7 @@
+"""``python -m nolag.broker``: run the local broker."""
+
+from __future__ import annotations
+
+from .cli import main
+
+raise SystemExit(main())
