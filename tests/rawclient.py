@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from typing import Any, Callable, Optional
@@ -160,10 +161,8 @@ class RawClient:
         """Drop the TCP connection without a WebSocket close frame."""
         sock = self.ws.sock
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
         self.ws.shutdown()
 

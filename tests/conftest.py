@@ -1,0 +1,90 @@
+"""Shared pytest fixtures: local brokers on free loopback ports, raw clients, transcripts."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from rawclient import RawClient
+
+from nolag.broker import EmbeddedBroker
+
+TESTS_DIR = Path(__file__).resolve().parent
+TOKENS_PATH = TESTS_DIR / "fixtures" / "tokens.json"
+TRANSCRIPTS_DIR = TESTS_DIR.parent.parent / "shared" / "transcripts"
+
+
+def broker_threads() -> list[threading.Thread]:
+    """Live threads started by EmbeddedBroker."""
+    return [t for t in threading.enumerate() if t.name.startswith("nolag-broker-")]
+
+
+@pytest.fixture
+def tokens_path() -> Path:
+    """The test token file (a copy of shared/tokens.example.json plus test tokens)."""
+    return TOKENS_PATH
+
+
+@pytest.fixture
+def make_broker() -> Iterator[Callable[..., EmbeddedBroker]]:
+    """Factory for started brokers (test tokens by default); all are stopped afterwards."""
+    brokers: list[EmbeddedBroker] = []
+
+    def make(**kwargs: Any) -> EmbeddedBroker:
+        if not kwargs.get("allow_all"):
+            kwargs.setdefault("tokens_path", TOKENS_PATH)
+        broker = EmbeddedBroker(**kwargs)
+        brokers.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in brokers:
+        broker.stop()
+    deadline = time.monotonic() + 5.0
+    while broker_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not broker_threads(), f"broker threads left behind: {broker_threads()}"
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., EmbeddedBroker]) -> EmbeddedBroker:
+    """A started broker with the test token file."""
+    return make_broker()
+
+
+@pytest.fixture
+def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., RawClient]]:
+    """Factory for raw clients to ``broker``: ``connect()`` or ``connect("dev-token-bob")``."""
+    clients: list[RawClient] = []
+
+    def make(token: str | None = None, protocol_version: int | None = None,
+             url: str | None = None) -> RawClient:
+        client = RawClient(url or broker.url)
+        clients.append(client)
+        if token is not None:
+            reply = client.auth(token, protocol_version)
+            assert reply.get("success") is True, reply
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def transcript() -> Callable[[str], list[dict[str, Any]]]:
+    """Loader of shared/transcripts/<prefix>-*.jsonl records (skips if shared/ is absent)."""
+
+    def load(prefix: str) -> list[dict[str, Any]]:
+        paths = sorted(TRANSCRIPTS_DIR.glob(f"{prefix}-*.jsonl"))
+        if not paths:
+            pytest.skip(f"transcript {prefix} not found under {TRANSCRIPTS_DIR}")
+        with paths[0].open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    return load
