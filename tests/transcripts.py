@@ -23,7 +23,7 @@ def transcripts_dir() -> Path:
 
 
 def load(prefix: str) -> list[dict[str, Any]]:
-    """The lines of the transcript whose file name starts with `prefix` (e.g. "05"); skip if none."""
+    """The lines of the transcript whose name starts with `prefix` (e.g. "05"); skip if none."""
     folder = transcripts_dir()
     matches = sorted(folder.glob(f"{prefix}*.jsonl")) if folder.is_dir() else []
     if not matches:
