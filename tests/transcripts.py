@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import msgpack
 import pytest
 
 
@@ -46,3 +47,11 @@ def frames(
         if line.get("dir") in ("send", "recv"):
             out.append(line)
     return out
+
+
+def payload(line: dict[str, Any]) -> bytes:
+    """The frame's raw bytes; a frame stored with truncated hex is re-packed from `decoded`."""
+    if line.get("hex_truncated"):
+        packed: bytes = msgpack.packb(line["decoded"], use_bin_type=True)
+        return packed
+    return bytes.fromhex(line["hex"])
