@@ -62,8 +62,9 @@ def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., RawClient]]:
     """Factory for raw clients to ``broker``: ``connect()`` or ``connect("dev-token-bob")``."""
     clients: list[RawClient] = []
 
-    def make(token: str | None = None, protocol_version: int | None = None,
-             url: str | None = None) -> RawClient:
+    def make(
+        token: str | None = None, protocol_version: int | None = None, url: str | None = None
+    ) -> RawClient:
         client = RawClient(url or broker.url)
         clients.append(client)
         if token is not None:

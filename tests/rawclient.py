@@ -105,8 +105,7 @@ class RawClient:
 
     def recv_type(self, kind: str, timeout: Optional[float] = None) -> Frame:
         """Receive until a map of the given ``type`` arrives."""
-        frame, _ = self.recv_until(lambda f: isinstance(f, dict) and f.get("type") == kind,
-                                   timeout)
+        frame, _ = self.recv_until(lambda f: isinstance(f, dict) and f.get("type") == kind, timeout)
         result: Frame = frame
         return result
 

@@ -14,8 +14,9 @@ def enter(client: RawClient, room: str, data: dict[str, Any]) -> None:
     before = client.drain(0.05)
     assert all(f.get("type") in ("presence", "lobbyPresence") for f in before), before
     client.send({"type": "presence", "roomId": room, "data": data})
-    client.recv_until(lambda f: f.get("type") == "presence" and f["event"] == "update"
-                      and f["roomId"] == room)
+    client.recv_until(
+        lambda f: f.get("type") == "presence" and f["event"] == "update" and f["roomId"] == room
+    )
 
 
 def lobby_events(client: RawClient, n: int) -> list[tuple[str, str, str, Any]]:
@@ -36,10 +37,16 @@ def test_first_snapshot_is_correct_and_lists_every_room(connect: Connect) -> Non
     snap = watcher.recv()
     joined = snap["presence"]["general"]["bob"]["joinedAt"]
     assert isinstance(joined, int)
-    assert snap == {"type": "lobbySubscribed", "lobbyId": "main", "presence": {
-        "general": {"bob": {"actorTokenId": "bob", "joinedAt": joined,
-                            "presence": {"name": "X"}}},
-        "random": {}}}
+    assert snap == {
+        "type": "lobbySubscribed",
+        "lobbyId": "main",
+        "presence": {
+            "general": {
+                "bob": {"actorTokenId": "bob", "joinedAt": joined, "presence": {"name": "X"}}
+            },
+            "random": {},
+        },
+    }
     watcher.send({"type": "getLobbyPresence", "lobbyId": "main"})
     assert watcher.recv() == dict(snap, type="lobbyPresenceList")
 
@@ -50,15 +57,20 @@ def test_events_follow_joins_updates_switches_and_leaves(connect: Connect) -> No
     assert watcher.recv()["presence"] == {"general": {}, "random": {}}
     y = connect("dev-token-carol")
     enter(y, "general", {"name": "Y"})
-    assert lobby_events(watcher, 2) == [("join", "general", "carol", {"name": "Y"}),
-                                        ("update", "general", "carol", {"name": "Y"})]
+    assert lobby_events(watcher, 2) == [
+        ("join", "general", "carol", {"name": "Y"}),
+        ("update", "general", "carol", {"name": "Y"}),
+    ]
     enter(y, "general", {"name": "Y", "status": "away"})
-    assert lobby_events(watcher, 1) == [("update", "general", "carol",
-                                         {"name": "Y", "status": "away"})]
+    assert lobby_events(watcher, 1) == [
+        ("update", "general", "carol", {"name": "Y", "status": "away"})
+    ]
     enter(y, "random", {"name": "Y"})
-    assert lobby_events(watcher, 3) == [("leave", "general", "carol", {}),
-                                        ("join", "random", "carol", {"name": "Y"}),
-                                        ("update", "random", "carol", {"name": "Y"})]
+    assert lobby_events(watcher, 3) == [
+        ("leave", "general", "carol", {}),
+        ("join", "random", "carol", {"name": "Y"}),
+        ("update", "random", "carol", {"name": "Y"}),
+    ]
     y.abort()
     assert lobby_events(watcher, 1) == [("leave", "random", "carol", {})]
     watcher.send({"type": "lobbyUnsubscribe", "lobbyId": "main"})
@@ -103,8 +115,11 @@ def test_one_entry_per_actor_with_several_sockets(connect: Connect) -> None:
 def test_lobbies_are_isolated_between_projects(connect: Connect) -> None:
     oscar = connect("dev-token-oscar")  # other project, its own lobby with slug 'main'
     oscar.send({"type": "lobbySubscribe", "lobbyId": "main"})
-    assert oscar.recv() == {"type": "lobbySubscribed", "lobbyId": "main",
-                            "presence": {"general": {}}}
+    assert oscar.recv() == {
+        "type": "lobbySubscribed",
+        "lobbyId": "main",
+        "presence": {"general": {}},
+    }
     alice = connect("dev-token-alice")
     alice.send({"type": "lobbySubscribe", "lobbyId": "main"})
     alice.recv()
@@ -114,6 +129,8 @@ def test_lobbies_are_isolated_between_projects(connect: Connect) -> None:
     oscar.expect_silence(0.2)
     mallory = connect("dev-token-mallory")
     enter(mallory, "general", {"p": "other"})
-    assert [e[:3] for e in lobby_events(oscar, 2)] == [("join", "general", "mallory"),
-                                                       ("update", "general", "mallory")]
+    assert [e[:3] for e in lobby_events(oscar, 2)] == [
+        ("join", "general", "mallory"),
+        ("update", "general", "mallory"),
+    ]
     alice.expect_silence(0.2)

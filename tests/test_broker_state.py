@@ -66,9 +66,12 @@ def test_first_presence_sends_join_then_update_to_every_member_including_sender(
     assert events(out, "b1") == [("presence", "join", "bob"), ("presence", "update", "bob")]
     assert frames_for(out, "b2") == [] and frames_for(out, "m1") == []
     join = frames_for(out, "a1")[0]
-    assert join == {"type": "presence", "event": "join", "roomId": "general",
-                    "data": {"actor_token_id": "bob", "connectionId": "b1",
-                             "presence": {"n": 2}}}
+    assert join == {
+        "type": "presence",
+        "event": "join",
+        "roomId": "general",
+        "data": {"actor_token_id": "bob", "connectionId": "b1", "presence": {"n": 2}},
+    }
 
 
 def test_later_presence_is_one_update_and_keeps_joined_at(reg: Registry) -> None:
@@ -83,8 +86,11 @@ def test_room_switch_leaves_old_room_sender_included_then_joins_new(reg: Registr
     reg.set_room_presence("a1", "general", {}, now=1)
     reg.set_room_presence("b1", "general", {}, now=1)
     out = reg.set_room_presence("a1", "random", {"r": 1}, now=2)
-    assert events(out, "a1") == [("presence", "leave", "alice"), ("presence", "join", "alice"),
-                                 ("presence", "update", "alice")]
+    assert events(out, "a1") == [
+        ("presence", "leave", "alice"),
+        ("presence", "join", "alice"),
+        ("presence", "update", "alice"),
+    ]
     assert events(out, "b1") == [("presence", "leave", "alice")]
     leave = frames_for(out, "b1")[0]
     assert leave["roomId"] == "general" and "presence" not in leave["data"]
@@ -130,8 +136,7 @@ def test_project_presence_goes_to_every_socket_of_the_project(reg: Registry) -> 
     reg.set_room_presence("b1", "general", {}, now=1)
     out = reg.set_project_presence("a1", {"p": 1}, now=5)
     for conn in ("a1", "b1", "b2"):
-        assert events(out, conn) == [("presence", "join", "alice"),
-                                     ("presence", "update", "alice")]
+        assert events(out, conn) == [("presence", "join", "alice"), ("presence", "update", "alice")]
         assert frames_for(out, conn)[0]["roomId"] is None
     assert frames_for(out, "m1") == []
     out = reg.set_project_presence("a1", {"p": 2}, now=6)
@@ -150,25 +155,36 @@ def test_project_presence_goes_to_every_socket_of_the_project(reg: Registry) -> 
 def test_lobby_snapshot_lists_every_room_even_empty(reg: Registry) -> None:
     reg.set_room_presence("a1", "general", {"x": 1}, now=7)
     snap = reg.lobby_subscribe("b1", MAIN)
-    assert snap == {"general": {"alice": {"actorTokenId": "alice", "joinedAt": 7,
-                                          "presence": {"x": 1}}},
-                    "random": {}}
+    assert snap == {
+        "general": {"alice": {"actorTokenId": "alice", "joinedAt": 7, "presence": {"x": 1}}},
+        "random": {},
+    }
 
 
 def test_lobby_events_follow_joins_updates_switches_and_leaves(reg: Registry) -> None:
     reg.lobby_subscribe("m1", LobbyView("other", "lobby-main", "main", ("general",)))
     reg.lobby_subscribe("b1", MAIN)
     out = reg.set_room_presence("a1", "general", {"x": 1}, now=1)
-    assert events(out, "b1") == [("lobby", "join", "alice", "general"),
-                                 ("lobby", "update", "alice", "general")]
+    assert events(out, "b1") == [
+        ("lobby", "join", "alice", "general"),
+        ("lobby", "update", "alice", "general"),
+    ]
     assert frames_for(out, "m1") == []  # other project, same lobby id and slug
     out = reg.set_room_presence("a1", "random", {"x": 2}, now=2)
-    assert events(out, "b1") == [("lobby", "leave", "alice", "general"),
-                                 ("lobby", "join", "alice", "random"),
-                                 ("lobby", "update", "alice", "random")]
+    assert events(out, "b1") == [
+        ("lobby", "leave", "alice", "general"),
+        ("lobby", "join", "alice", "random"),
+        ("lobby", "update", "alice", "random"),
+    ]
     leave = frames_for(out, "b1")[0]
-    assert leave == {"type": "lobbyPresence", "event": "leave", "lobbyId": "main",
-                     "roomId": "general", "actorId": "alice", "data": {}}
+    assert leave == {
+        "type": "lobbyPresence",
+        "event": "leave",
+        "lobbyId": "main",
+        "roomId": "general",
+        "actorId": "alice",
+        "data": {},
+    }
     out = reg.remove("a1")
     assert events(out, "b1") == [("lobby", "leave", "alice", "random")]
     reg.lobby_unsubscribe("b1", "lobby-main")
@@ -180,13 +196,18 @@ def test_lobby_events_follow_joins_updates_switches_and_leaves(reg: Registry) ->
 def test_lobby_sees_one_entry_per_actor_with_several_sockets(reg: Registry) -> None:
     reg.lobby_subscribe("a1", MAIN)
     out = reg.set_room_presence("b1", "general", {"d": "phone"}, now=1)
-    assert events(out, "a1") == [("lobby", "join", "bob", "general"),
-                                 ("lobby", "update", "bob", "general")]
+    assert events(out, "a1") == [
+        ("lobby", "join", "bob", "general"),
+        ("lobby", "update", "bob", "general"),
+    ]
     out = reg.set_room_presence("b2", "general", {"d": "laptop"}, now=2)
     assert events(out, "a1") == [("lobby", "update", "bob", "general")]  # no second join
     snap = reg.lobby_presence(MAIN)
-    assert snap["general"]["bob"] == {"actorTokenId": "bob", "joinedAt": 1,
-                                      "presence": {"d": "laptop"}}
+    assert snap["general"]["bob"] == {
+        "actorTokenId": "bob",
+        "joinedAt": 1,
+        "presence": {"d": "laptop"},
+    }
     out = reg.remove("b2")  # the latest socket goes: the view falls back to the other one
     assert events(out, "a1") == [("lobby", "update", "bob", "general")]
     assert frames_for(out, "a1")[0]["data"] == {"d": "phone"}
@@ -223,7 +244,10 @@ def test_tokens_load_and_authenticate() -> None:
     alice = store.authenticate("dev-token-alice")
     assert alice is not None
     assert (alice.actor_token_id, alice.project_id, alice.actor_type) == (
-        "alice", "demo-project", "user")
+        "alice",
+        "demo-project",
+        "user",
+    )
     assert alice.rooms == {"general", "random"} and dict(alice.lobbies) == {"main": "lobby-main"}
     assert "dev-token-alice" not in repr(alice)
     assert store.authenticate("dev-token-alicf") is None
@@ -236,8 +260,9 @@ def test_tokens_load_and_authenticate() -> None:
 
 def test_room_checks_use_slugs_of_the_own_project_only() -> None:
     store = load_tokens(TOKENS)
-    alice, erin, mallory = (store.authenticate(f"dev-token-{n}")
-                            for n in ("alice", "erin", "mallory"))
+    alice, erin, mallory = (
+        store.authenticate(f"dev-token-{n}") for n in ("alice", "erin", "mallory")
+    )
     assert alice and erin and mallory
     assert store.check_room(alice, "general") is RoomAccess.ALLOWED
     assert store.check_room(erin, "random") is RoomAccess.FORBIDDEN
@@ -252,12 +277,14 @@ def test_lobby_lookup_resolves_rooms_in_the_own_project() -> None:
     store = load_tokens(TOKENS)
     alice, erin, oscar = (store.authenticate(f"dev-token-{n}") for n in ("alice", "erin", "oscar"))
     assert alice and erin and oscar
-    assert store.lobby(alice, "main") == LobbyView("demo-project", "lobby-main", "main",
-                                                   ("general", "random"))
+    assert store.lobby(alice, "main") == LobbyView(
+        "demo-project", "lobby-main", "main", ("general", "random")
+    )
     assert store.lobby(erin, "main") is None
     assert store.lobby(alice, "nosuch") is None
-    assert store.lobby(oscar, "main") == LobbyView("other-project", "lobby-other", "main",
-                                                   ("general",))
+    assert store.lobby(oscar, "main") == LobbyView(
+        "other-project", "lobby-other", "main", ("general",)
+    )
 
 
 def test_allow_all_accepts_any_non_empty_token() -> None:
@@ -276,12 +303,15 @@ def test_allow_all_accepts_any_non_empty_token() -> None:
     assert view is not None and view.project_id == "dev" and view.rooms == ("general", "random")
 
 
-@pytest.mark.parametrize("document, message", [
-    ([], "object"),
-    ({"tokens": {"t": {"projectId": "p"}}}, "actorTokenId"),
-    ({"tokens": {"t": {"actorTokenId": "a", "projectId": "p", "rateLimit": "x"}}}, "rateLimit"),
-    ({"tokens": {}, "lobbies": {"l": {"rooms": []}}}, "slug"),
-])
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ([], "object"),
+        ({"tokens": {"t": {"projectId": "p"}}}, "actorTokenId"),
+        ({"tokens": {"t": {"actorTokenId": "a", "projectId": "p", "rateLimit": "x"}}}, "rateLimit"),
+        ({"tokens": {}, "lobbies": {"l": {"rooms": []}}}, "slug"),
+    ],
+)
 def test_bad_token_documents_are_refused(document: Any, message: str) -> None:
     with pytest.raises(TokenFileError, match=message):
         parse_tokens(document)
@@ -310,12 +340,18 @@ def test_encode_sorts_keys_at_every_level() -> None:
     assert encode({"s": "é"}) == b"\x81\xa1s\xa2\xc3\xa9"  # strings as str, never bin
 
 
-@pytest.mark.parametrize("payload", [
-    bytes.fromhex("c1ff0067617262616765"),            # never-used byte
-    bytes.fromhex("82a474797065a870726573656e6365"),  # truncated map
-    msgpack.packb([1, 2, 3]), msgpack.packb("hello"), msgpack.packb(42), msgpack.packb(None),
-    b"\x91" * 5000 + b"\xc0",                         # too deep
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        bytes.fromhex("c1ff0067617262616765"),  # never-used byte
+        bytes.fromhex("82a474797065a870726573656e6365"),  # truncated map
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb("hello"),
+        msgpack.packb(42),
+        msgpack.packb(None),
+        b"\x91" * 5000 + b"\xc0",  # too deep
+    ],
+)
 def test_decode_binary_refuses_non_maps_and_garbage(payload: bytes) -> None:
     with pytest.raises(BadFrame):
         decode_binary(payload)
@@ -331,12 +367,21 @@ def test_decode_text_accepts_json_objects() -> None:
     assert decode_text('{"type": "getPresence"}') == {"type": "getPresence"}
 
 
-@pytest.mark.parametrize("data, hint", [
-    ("online", "must be a map"), (7, "must be a map"), (["a"], "must be a map"),
-    (None, "must be a map"), ({"b": b"\x00\xff"}, "binary"), ({"b": b"abc"}, "binary"),
-    ({1: "a"}, "keys must be strings"), ({"f": float("nan")}, "finite"),
-    ({"t": msgpack.Timestamp(1)}, "Timestamp"), ({"e": msgpack.ExtType(1, b"x")}, "ExtType"),
-])
+@pytest.mark.parametrize(
+    "data, hint",
+    [
+        ("online", "must be a map"),
+        (7, "must be a map"),
+        (["a"], "must be a map"),
+        (None, "must be a map"),
+        ({"b": b"\x00\xff"}, "binary"),
+        ({"b": b"abc"}, "binary"),
+        ({1: "a"}, "keys must be strings"),
+        ({"f": float("nan")}, "finite"),
+        ({"t": msgpack.Timestamp(1)}, "Timestamp"),
+        ({"e": msgpack.ExtType(1, b"x")}, "ExtType"),
+    ],
+)
 def test_presence_data_must_be_json_like(data: Any, hint: str) -> None:
     with pytest.raises(InvalidPresence, match=hint):
         check_presence_data(data)
@@ -425,17 +470,21 @@ def test_core_before_auth(core: BrokerCore) -> None:
     conn = core.open()
     assert core.receive_binary(conn, b"") == []  # heartbeat ignored
     assert send(core, conn, {"type": "getPresence", "roomId": "general"}) == [
-        {"type": "error", "error": "not_authenticated"}]
+        {"type": "error", "error": "not_authenticated"}
+    ]
     assert send(core, conn, [1, 2, 3]) == [{"type": "error", "error": "not_authenticated"}]
     assert send(core, conn, {"type": "auth"}) == [{"type": "error", "error": "not_authenticated"}]
     assert send(core, conn, {"type": "auth", "token": "nope"}) == [
-        {"type": "auth", "success": False, "error": "access_denied"}]
+        {"type": "auth", "success": False, "error": "access_denied"}
+    ]
     assert send(core, conn, {"type": "auth", "token": 5}) == [
-        {"type": "auth", "success": False, "error": "access_denied"}]
+        {"type": "auth", "success": False, "error": "access_denied"}
+    ]
 
 
-@pytest.mark.parametrize("sent, answered", [(None, 1), (1, 1), (2, 2), (3, 2), ("2", 1),
-                                            (True, 1), (0, 1), (2.0, 1)])
+@pytest.mark.parametrize(
+    "sent, answered", [(None, 1), (1, 1), (2, 2), (3, 2), ("2", 1), (True, 1), (0, 1), (2.0, 1)]
+)
 def test_core_protocol_version(core: BrokerCore, sent: Any, answered: int) -> None:
     conn = core.open()
     frame: dict[str, Any] = {"type": "auth", "token": "dev-token-alice"}
@@ -456,10 +505,12 @@ def test_core_second_auth_drops_presence_then_reauthenticates(core: BrokerCore) 
     assert a.identity is not None and a.identity.actor_token_id == "carol"
     out = core.receive_binary(a, msgpack.packb({"type": "auth", "token": "bad"}))
     assert frames_for(out, a.conn_id) == [
-        {"type": "auth", "success": False, "error": "access_denied"}]
+        {"type": "auth", "success": False, "error": "access_denied"}
+    ]
     assert not a.authenticated
     assert send(core, a, {"type": "getPresence"}) == [
-        {"type": "error", "error": "not_authenticated"}]
+        {"type": "error", "error": "not_authenticated"}
+    ]
 
 
 def test_core_room_refusals_depend_on_protocol_version(core: BrokerCore) -> None:
@@ -468,9 +519,11 @@ def test_core_room_refusals_depend_on_protocol_version(core: BrokerCore) -> None
     for room in ("random", "nosuch", "room-general"):
         assert send(core, v1, {"type": "presence", "roomId": room, "data": {}}) == []
         assert send(core, v1, {"type": "getPresence", "roomId": room}) == [
-            {"type": "presenceList", "roomId": room, "data": []}]
+            {"type": "presenceList", "roomId": room, "data": []}
+        ]
     assert send(core, v2, {"type": "presence", "roomId": "random", "data": {}}) == [
-        {"type": "error", "error": "not_authorized", "roomId": "random"}]
+        {"type": "error", "error": "not_authorized", "roomId": "random"}
+    ]
     [err] = send(core, v2, {"type": "getPresence", "roomId": "room-general", "msgRef": "r"})
     assert err["error"] == "unknown_topic" and err["code"] == 42940
     assert err["roomId"] == "room-general" and err["hint"] and err["msgRef"] == "r"
@@ -496,8 +549,10 @@ def test_core_bad_input_gets_defined_errors(core: BrokerCore) -> None:
         assert reply["type"] == "error" and reply["error"] == name, (frame, reply)
         if name != "unsupported":
             assert reply["hint"]
-    assert frames_for(core.receive_binary(conn, b"\xc1"), conn.conn_id)[0]["error"] == \
-        "invalid_message"
+    assert (
+        frames_for(core.receive_binary(conn, b"\xc1"), conn.conn_id)[0]["error"]
+        == "invalid_message"
+    )
     [reply] = frames_for(core.receive_text(conn, "{not json"), conn.conn_id)
     assert reply["error"] == "invalid_message"
 
@@ -508,12 +563,14 @@ def test_core_rate_limit_and_size_limit(core: BrokerCore) -> None:
     replies = [send(core, conn, frame)[0]["type"] for _ in range(4)]
     assert replies == ["presenceList"] * 3 + ["error"]
     assert send(core, conn, frame) == [
-        {"type": "error", "error": "rate_limit_exceeded", "code": 42910}]
+        {"type": "error", "error": "rate_limit_exceeded", "code": 42910}
+    ]
     assert core.receive_binary(conn, b"") == [(conn.conn_id, b"")]  # heartbeats exempt
     core.mono.t += 1.0  # type: ignore[attr-defined]
     big = msgpack.packb({"type": "presence", "roomId": "general", "data": {"b": "x" * 921600}})
     assert frames_for(core.receive_binary(conn, big), conn.conn_id) == [
-        {"type": "error", "error": "message_too_large", "code": 42930, "maxSizeBytes": 921600}]
+        {"type": "error", "error": "message_too_large", "code": 42930, "maxSizeBytes": 921600}
+    ]
 
 
 def test_core_close_drops_presence_once(core: BrokerCore) -> None:
@@ -546,9 +603,19 @@ def test_rest_logic(core: BrokerCore) -> None:
     send(core, b2, {"type": "presence", "roomId": "general", "data": {"d": 2}})
     reply = rest.presence("Bearer dev-token-alice", "general")
     assert reply.status == 200
-    assert reply.body == {"roomId": "general", "count": 1, "actors": [
-        {"actorTokenId": "bob", "actorType": "user", "presence": {"d": 2},
-         "joinedAt": 1000, "connections": 2}]}
+    assert reply.body == {
+        "roomId": "general",
+        "count": 1,
+        "actors": [
+            {
+                "actorTokenId": "bob",
+                "actorType": "user",
+                "presence": {"d": 2},
+                "joinedAt": 1000,
+                "connections": 2,
+            }
+        ],
+    }
     assert rest.presence(None, None).status == 401
     assert rest.presence("Bearer nope", None).status == 401
     assert rest.presence("Bearer dev-token-erin", "random").status == 403

@@ -74,7 +74,10 @@ def mask_times(frame: Any) -> Any:
 
 
 def replay(
-    url: str, records: Records, *, stop_note: str | None = None,
+    url: str,
+    records: Records,
+    *,
+    stop_note: str | None = None,
     overrides: dict[int, Any] | None = None,
 ) -> int:
     """Replay a transcript against ``url``; return how many server frames were checked."""
@@ -185,10 +188,22 @@ def test_replay_08_lobby_events(broker: EmbeddedBroker, load: Callable[[str], Re
     records = [r for r in load("08") if r.get("conn") != "alice"]
     # The local broker's first snapshot is correct (Kraken's was empty), and lobby
     # events carry the slug the client subscribed with (Kraken sent its internal id).
-    overrides: dict[int, Any] = {21: {
-        "lobbyId": "main", "type": "lobbySubscribed",
-        "presence": {"general": {"actor-041": {"actorTokenId": "actor-041", "joinedAt": TS,
-                                               "presence": {"name": "X"}}}, "random": {}}}}
+    overrides: dict[int, Any] = {
+        21: {
+            "lobbyId": "main",
+            "type": "lobbySubscribed",
+            "presence": {
+                "general": {
+                    "actor-041": {
+                        "actorTokenId": "actor-041",
+                        "joinedAt": TS,
+                        "presence": {"name": "X"},
+                    }
+                },
+                "random": {},
+            },
+        }
+    }
     for rec in records:
         if rec["dir"] == "recv" and (rec.get("decoded") or {}).get("type") == "lobbyPresence":
             overrides[rec["seq"]] = dict(rec["decoded"], lobbyId="main")

@@ -16,8 +16,9 @@ Connect = Callable[..., RawClient]
 Records = list[dict[str, Any]]
 
 
-def presence(client: RawClient, data: dict[str, Any], room: str | None = "general",
-             **extra: Any) -> None:
+def presence(
+    client: RawClient, data: dict[str, Any], room: str | None = "general", **extra: Any
+) -> None:
     """Send a presence frame (``room`` None: no roomId key at all)."""
     frame: dict[str, Any] = {"type": "presence", "data": data, **extra}
     if room is not None:
@@ -38,8 +39,11 @@ def kraken_view(frame: dict[str, Any]) -> dict[str, Any]:
 
 def recv_frames(records: Records, label: str, seqs: range) -> list[Any]:
     """The frames a transcript connection received within a seq range."""
-    return [r["decoded"] for r in records
-            if r["dir"] == "recv" and r["conn"].startswith(label) and r["seq"] in seqs]
+    return [
+        r["decoded"]
+        for r in records
+        if r["dir"] == "recv" and r["conn"].startswith(label) and r["seq"] in seqs
+    ]
 
 
 # -- auth -----------------------------------------------------------------------------
@@ -48,19 +52,37 @@ def recv_frames(records: Records, label: str, seqs: range) -> list[Any]:
 def test_auth_success_shape_and_refusal_keeps_the_socket_open(connect: Connect) -> None:
     client = connect()
     assert client.auth("not-a-real-token", 2) == {
-        "type": "auth", "success": False, "error": "access_denied"}
+        "type": "auth",
+        "success": False,
+        "error": "access_denied",
+    }
     client.send_raw(b"")  # heartbeat before auth: ignored
     client.send({"type": "getPresence", "roomId": "general"})
     assert client.recv() == {"type": "error", "error": "not_authenticated"}
     assert client.auth("dev-token-sensor", 2) == {
-        "type": "auth", "success": True, "actorTokenId": "sensor-1", "actorType": "device",
-        "projectId": "demo-project", "protocolVersion": 2, "restoredSubscriptions": []}
+        "type": "auth",
+        "success": True,
+        "actorTokenId": "sensor-1",
+        "actorType": "device",
+        "projectId": "demo-project",
+        "protocolVersion": 2,
+        "restoredSubscriptions": [],
+    }
 
 
-@pytest.mark.parametrize("frame", [
-    [1, 2, 3], "hello", 42, None, {"hello": "world"}, {"type": "frobnicate"},
-    {"type": "presence", "roomId": "general", "data": {}}, {"type": "lobbySubscribe"},
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        [1, 2, 3],
+        "hello",
+        42,
+        None,
+        {"hello": "world"},
+        {"type": "frobnicate"},
+        {"type": "presence", "roomId": "general", "data": {}},
+        {"type": "lobbySubscribe"},
+    ],
+)
 def test_frames_before_auth_get_not_authenticated(connect: Connect, frame: Any) -> None:
     client = connect()
     client.send(frame)
@@ -157,9 +179,12 @@ def test_join_update_leave_carry_room_and_connection_ids(connect: Connect) -> No
     presence(a, {"name": "A"})
     join, update = take(a, 2)
     conn_a = join["data"]["connectionId"]
-    assert join == {"type": "presence", "event": "join", "roomId": "general",
-                    "data": {"actor_token_id": "alice", "connectionId": conn_a,
-                             "presence": {"name": "A"}}}
+    assert join == {
+        "type": "presence",
+        "event": "join",
+        "roomId": "general",
+        "data": {"actor_token_id": "alice", "connectionId": conn_a, "presence": {"name": "A"}},
+    }
     assert update == dict(join, event="update")
     presence(b, {"name": "B"})
     b_events = take(b, 2)
@@ -169,8 +194,12 @@ def test_join_update_leave_carry_room_and_connection_ids(connect: Connect) -> No
     assert isinstance(conn_b, str) and conn_b != conn_a
     b.abort()
     leave = a.recv()
-    assert leave == {"type": "presence", "event": "leave", "roomId": "general",
-                     "data": {"actor_token_id": "bob", "connectionId": conn_b}}
+    assert leave == {
+        "type": "presence",
+        "event": "leave",
+        "roomId": "general",
+        "data": {"actor_token_id": "bob", "connectionId": conn_b},
+    }
 
 
 def test_room_switch_matches_transcript_04(
@@ -191,8 +220,7 @@ def test_room_switch_matches_transcript_04(
     leave = observer.recv()
     assert [kraken_view(leave)] == recv_frames(records, "O", range(33, 34))
     observer.expect_silence(0.2)
-    for client, room, actor in ((observer, "general", "actor-014"),
-                                (mover, "random", "actor-015")):
+    for client, room, actor in ((observer, "general", "actor-014"), (mover, "random", "actor-015")):
         client.send({"type": "getPresence", "roomId": room})
         assert [e["actorTokenId"] for e in client.recv()["data"]] == [actor]
     mover.send({"type": "getPresence", "roomId": "general"})
@@ -213,8 +241,10 @@ def test_two_sockets_of_one_actor_each_leave_once(connect: Connect) -> None:
     observer.send({"type": "getPresence", "roomId": "general"})
     entries = observer.recv()["data"]
     assert [(e["actorTokenId"], e["presence"]) for e in entries] == [
-        ("carol", {"name": "observer"}), ("bob", {"device": "phone"}),
-        ("bob", {"device": "laptop"})]
+        ("carol", {"name": "observer"}),
+        ("bob", {"device": "phone"}),
+        ("bob", {"device": "laptop"}),
+    ]
     assert len({e["connectionId"] for e in entries}) == 3
     phone.close()
     leave = observer.recv()
@@ -222,8 +252,10 @@ def test_two_sockets_of_one_actor_each_leave_once(connect: Connect) -> None:
     assert laptop.recv() == leave  # the actor's other socket hears it too, as on Kraken
     laptop.abort()
     second = observer.recv()
-    assert second["event"] == "leave" and second["data"]["connectionId"] != \
-        leave["data"]["connectionId"]
+    assert (
+        second["event"] == "leave"
+        and second["data"]["connectionId"] != leave["data"]["connectionId"]
+    )
     observer.expect_silence(0.2)
 
 
@@ -236,9 +268,14 @@ def test_get_presence_entries_and_joined_at(connect: Connect) -> None:
     reply = client.recv()
     [entry] = reply["data"]
     assert reply["type"] == "presenceList" and reply["roomId"] == "general"
-    assert entry == {"actorTokenId": "sensor-1", "actorType": "device",
-                     "connectionId": join["data"]["connectionId"], "joinedAt": entry["joinedAt"],
-                     "presence": {"v": 1}, "status": "online"}
+    assert entry == {
+        "actorTokenId": "sensor-1",
+        "actorType": "device",
+        "connectionId": join["data"]["connectionId"],
+        "joinedAt": entry["joinedAt"],
+        "presence": {"v": 1},
+        "status": "online",
+    }
     joined = entry["joinedAt"]
     assert isinstance(joined, int) and before <= joined <= int(time.time())
     while int(time.time()) == joined:  # let the clock pass a second boundary
@@ -272,7 +309,8 @@ def test_project_level_presence(connect: Connect) -> None:
     reply = bob.recv()
     assert reply["roomId"] is None and "roomId" in reply
     assert [(e["actorTokenId"], e["presence"]) for e in reply["data"]] == [
-        ("alice", {"status": "away"})]
+        ("alice", {"status": "away"})
+    ]
     mallory.expect_silence(0.1)
     mallory.send({"type": "getPresence"})
     assert mallory.recv() == {"type": "presenceList", "roomId": None, "data": []}

@@ -38,25 +38,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nolag broker",
         description="Run the local NoLag-compatible broker: /ws (the wire protocol), "
-                    "/v1/presence (REST) and /health.",
+        "/v1/presence (REST) and /health.",
     )
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080,
-                        help="port to bind (default 8080; 0 picks a free one)")
-    parser.add_argument("--tokens", metavar="FILE",
-                        help="token file in the open-source broker's static-auth format")
-    parser.add_argument("--allow-all", action="store_true",
-                        help="accept every non-empty token (INSECURE; development only)")
-    parser.add_argument("--i-know-allow-all-is-insecure", action="store_true",
-                        help="required with --allow-all on a non-loopback --host")
-    parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
-                        help="close sockets silent for S seconds (default 60)")
-    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
-                        metavar="N", help="largest accepted message (default 921600)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="logging level (default INFO)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port to bind (default 8080; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--tokens", metavar="FILE", help="token file in the open-source broker's static-auth format"
+    )
+    parser.add_argument(
+        "--allow-all",
+        action="store_true",
+        help="accept every non-empty token (INSECURE; development only)",
+    )
+    parser.add_argument(
+        "--i-know-allow-all-is-insecure",
+        action="store_true",
+        help="required with --allow-all on a non-loopback --host",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="close sockets silent for S seconds (default 60)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help="largest accepted message (default 921600)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
+    )
     return parser
 
 
@@ -71,8 +91,13 @@ async def _run(tokens: TokenStore, config: BrokerConfig, host: str, port: int) -
 
     def ready(bound: int, server: BrokerServer) -> None:
         url_host = f"[{host}]" if ":" in host else host
-        logger.info("nolag broker listening on ws://%s:%d/ws (REST at http://%s:%d)",
-                    url_host, bound, url_host, bound)
+        logger.info(
+            "nolag broker listening on ws://%s:%d/ws (REST at http://%s:%d)",
+            url_host,
+            bound,
+            url_host,
+            bound,
+        )
 
     await serve(tokens, config, host, port, stop, ready)
     logger.info("nolag broker stopped")
@@ -85,19 +110,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parser.parse_args(argv)
         if not args.tokens and not args.allow_all:
             parser.error("give --tokens FILE, or --allow-all for local development")
-        if args.allow_all and not is_loopback(args.host) and \
-                not args.i_know_allow_all_is_insecure:
-            parser.exit(2, f"nolag broker: error: --allow-all on non-loopback host "
-                           f"{args.host!r} needs --i-know-allow-all-is-insecure\n")
+        if args.allow_all and not is_loopback(args.host) and not args.i_know_allow_all_is_insecure:
+            parser.exit(
+                2,
+                f"nolag broker: error: --allow-all on non-loopback host "
+                f"{args.host!r} needs --i-know-allow-all-is-insecure\n",
+            )
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=args.log_level,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     logging.getLogger("nolag").setLevel(args.log_level)
     try:
-        config = BrokerConfig(idle_timeout=args.idle_timeout,
-                              max_message_bytes=args.max_message_bytes)
+        config = BrokerConfig(
+            idle_timeout=args.idle_timeout, max_message_bytes=args.max_message_bytes
+        )
         tokens = load_tokens(args.tokens, allow_all=args.allow_all)
     except (TokenFileError, ValueError) as exc:
         logger.error("%s", exc)

@@ -47,8 +47,9 @@ class EmbeddedBroker:
         if tokens is None:
             if tokens_path is None and not allow_all:
                 raise ValueError("EmbeddedBroker needs tokens_path or allow_all=True")
-            tokens = load_tokens(tokens_path, allow_all=allow_all,
-                                 default_rate_limit=self.config.default_rate_limit)
+            tokens = load_tokens(
+                tokens_path, allow_all=allow_all, default_rate_limit=self.config.default_rate_limit
+            )
         elif allow_all:
             tokens = tokens.with_allow_all(True)
         self._tokens = tokens
@@ -100,8 +101,9 @@ class EmbeddedBroker:
             self._ready.clear()
             self._stop_requested.clear()
             self._error = None
-            thread = threading.Thread(target=self._run, daemon=True,
-                                      name=f"nolag-broker-{next(_thread_numbers)}")
+            thread = threading.Thread(
+                target=self._run, daemon=True, name=f"nolag-broker-{next(_thread_numbers)}"
+            )
             self._thread = thread
             thread.start()
         if not self._ready.wait(timeout) or self._error is not None:

@@ -28,9 +28,23 @@ logger = logging.getLogger("nolag.broker")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 CLOSE_SLOW_CONSUMER = 1013
 _END_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+HARD_FRAME_FACTOR = 4
+"""aiohttp itself refuses frames over this many times ``max_frame_bytes`` (memory guard).
+
+Frames between the cap and the guard are read whole, then closed with 1009: the client
+then reliably sees the close frame (closing while a frame is still arriving resets the
+TCP connection, and the close frame can be lost)."""
+
+
+def _frame_size(data: Any) -> int:
+    """Size in bytes of a received binary or text payload."""
+    if isinstance(data, str):
+        return len(data.encode("utf-8", "surrogatepass"))
+    return len(data)
 
 
 class Session:
@@ -138,7 +152,8 @@ class BrokerServer:
         try:
             await asyncio.wait_for(
                 session.ws.close(code=code, message=reason.encode(), drain=False),
-                self.config.close_timeout)
+                self.config.close_timeout,
+            )
         except Exception as exc:
             logger.debug("%s: close failed (%s)", session.conn.conn_id, type(exc).__name__)
         session.abort_transport()
@@ -148,16 +163,22 @@ class BrokerServer:
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         """Serve one WebSocket from upgrade to close."""
         ws = web.WebSocketResponse(
-            autoping=False, compress=False, max_msg_size=self.config.max_frame_bytes,
-            timeout=self.config.close_timeout)
+            autoping=False,
+            compress=False,
+            max_msg_size=self.config.max_frame_bytes * HARD_FRAME_FACTOR,
+            timeout=self.config.close_timeout,
+        )
         if not ws.can_prepare(request).ok:
             return web.json_response(
                 {"error": "upgrade_required", "hint": "connect with a WebSocket client"},
-                status=426, headers={"Upgrade": "websocket"})
+                status=426,
+                headers={"Upgrade": "websocket"},
+            )
         await ws.prepare(request)
         conn = self.core.open()
-        session = Session(ws, request, conn,
-                          Outbox(self.config.max_outbox_bytes, self.config.max_outbox_frames))
+        session = Session(
+            ws, request, conn, Outbox(self.config.max_outbox_bytes, self.config.max_outbox_frames)
+        )
         self._sessions[conn.conn_id] = session
         self._count(+1)
         session.writer = asyncio.ensure_future(session.write_loop())
@@ -182,9 +203,18 @@ class BrokerServer:
             try:
                 msg = await ws.receive(timeout=self.config.idle_timeout)
             except asyncio.TimeoutError:
-                logger.info("%s: idle for %.1f s; closing", conn.conn_id,
-                            self.config.idle_timeout)
+                logger.info("%s: idle for %.1f s; closing", conn.conn_id, self.config.idle_timeout)
                 return CLOSE_NORMAL
+            if (
+                msg.type in (WSMsgType.BINARY, WSMsgType.TEXT)
+                and _frame_size(msg.data) > self.config.max_frame_bytes
+            ):
+                logger.info(
+                    "%s: frame over %d bytes; closing with 1009",
+                    conn.conn_id,
+                    self.config.max_frame_bytes,
+                )
+                return CLOSE_TOO_BIG
             if msg.type is WSMsgType.BINARY:
                 self.deliver(self.core.receive_binary(conn, msg.data))
             elif msg.type is WSMsgType.TEXT:
@@ -258,8 +288,12 @@ async def serve(
 ) -> None:
     """Run the broker on ``host:port`` until ``stop`` is set; ``on_ready`` gets the bound port."""
     server = BrokerServer(tokens, config)
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None,
-                           shutdown_timeout=config.close_timeout + 1.0)
+    runner = web.AppRunner(
+        server.app(),
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=config.close_timeout + 1.0,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
