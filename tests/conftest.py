@@ -24,6 +24,18 @@ def broker_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("nolag-broker-")]
 
 
+@pytest.fixture(autouse=True)
+def _no_broker_thread_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each broker test, no EmbeddedBroker thread may still run."""
+    yield
+    if not request.node.module.__name__.startswith("test_broker_"):
+        return
+    deadline = time.monotonic() + 5.0
+    while broker_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not broker_threads(), f"broker threads left behind: {broker_threads()}"
+
+
 @pytest.fixture
 def tokens_path() -> Path:
     """The test token file (a copy of shared/tokens.example.json plus test tokens)."""

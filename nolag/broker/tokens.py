@@ -3,6 +3,12 @@
 The file has the open-source Kraken broker's static-auth format (``tokens`` → actor,
 project, actor type, rate limit, ``allowedTopics`` with ``room_slug`` / ``room_id``,
 ``allowedLobbies``) plus a top-level ``lobbies`` map (lobby id → slug and room ids).
+
+A project's rooms are the ``room_slug`` values of its tokens; clients always name rooms
+by slug, so an internal ``room_id`` is just an unknown slug. In allow-all mode, tokens
+declared in the file keep their identity and rules; any other non-empty token becomes
+an actor named by the token, of project ``dev``, type ``user``, allowed every room and
+every lobby declared in the file.
 """
 
 from __future__ import annotations
