@@ -53,7 +53,7 @@ def test_rate_limit_applies_to_presence_and_spares_heartbeats(connect: Connect) 
     for _ in range(10):
         slow.send_raw(b"")
     assert [slow.recv() for _ in range(10)] == [b""] * 10
-    err = {"type": "error", "error": "rate_limit_exceeded", "code": 42910}
+    err = {"type": "error", "error": "rate_limit_exceeded", "code": 42910, "roomId": "general"}
     slow.send({"type": "getPresence", "roomId": "general"})
     assert slow.recv() == err
     time.sleep(1.05)

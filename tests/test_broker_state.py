@@ -563,8 +563,20 @@ def test_core_rate_limit_and_size_limit(core: BrokerCore) -> None:
     replies = [send(core, conn, frame)[0]["type"] for _ in range(4)]
     assert replies == ["presenceList"] * 3 + ["error"]
     assert send(core, conn, frame) == [
-        {"type": "error", "error": "rate_limit_exceeded", "code": 42910}
+        {"type": "error", "error": "rate_limit_exceeded", "code": 42910, "roomId": "general"}
     ]
+    assert send(core, conn, {"type": "lobbySubscribe", "lobbyId": "main", "msgRef": 7}) == [
+        {
+            "type": "error",
+            "error": "rate_limit_exceeded",
+            "code": 42910,
+            "lobbyId": "main",
+            "msgRef": 7,
+        }
+    ]
+    assert send(core, conn, [1]) == [
+        {"type": "error", "error": "rate_limit_exceeded", "code": 42910}
+    ]  # undecodable or not, every frame costs a token
     assert core.receive_binary(conn, b"") == [(conn.conn_id, b"")]  # heartbeats exempt
     core.mono.t += 1.0  # type: ignore[attr-defined]
     big = msgpack.packb({"type": "presence", "roomId": "general", "data": {"b": "x" * 921600}})
@@ -624,3 +636,13 @@ def test_rest_logic(core: BrokerCore) -> None:
     statuses = [rest.presence("Bearer dev-token-slow", None).status for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     assert rest.presence("Bearer dev-token-slow", None).headers["Retry-After"] == "1"
+
+
+def test_rest_rate_can_be_configured_apart_from_the_token() -> None:
+    clock = Clock()
+    config = BrokerConfig(rest_rate=1.0)
+    rest = RestPresence(BrokerCore(load_tokens(TOKENS), config, wall=clock, mono=clock))
+    statuses = [rest.presence("Bearer dev-token-fast", None).status for _ in range(2)]
+    assert statuses == [200, 429]  # the token itself is unlimited
+    with pytest.raises(ValueError):
+        BrokerConfig(rest_rate=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 DEFAULT_MAX_MESSAGE_BYTES = 921_600
 """Largest accepted message, as the real broker's MAX_MESSAGE_SIZE."""
@@ -29,6 +30,8 @@ class BrokerConfig:
     """Frames queued for one socket before it counts as a hopelessly slow consumer."""
     close_timeout: float = 2.0
     """Seconds to wait for a client's close frame after the server sent its own."""
+    rest_rate: Optional[float] = None
+    """REST requests per second per token (0 = unlimited); None uses the token's rateLimit."""
 
     def __post_init__(self) -> None:
         """Refuse nonsensical limits early, with the field's name in the message."""
@@ -43,5 +46,7 @@ class BrokerConfig:
         ):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.rest_rate is not None and self.rest_rate < 0:
+            raise ValueError("rest_rate must be >= 0")
         if self.max_message_bytes > self.max_frame_bytes:
             raise ValueError("max_message_bytes must not exceed max_frame_bytes")

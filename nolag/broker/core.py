@@ -65,6 +65,22 @@ def _msg_ref(frame: Frame) -> Any:
     return None
 
 
+def _rate_limited(frame: Frame | None) -> Frame:
+    """The rate-limit error, naming the refused request (roomId, lobbyId, topic, msgRef).
+
+    The real broker names the ``topic`` of a refused publish; naming the room or lobby
+    lets a client fail the matching request at once instead of waiting for its reply.
+    """
+    context: dict[str, Any] = {}
+    if frame is not None:
+        for key in ("roomId", "lobbyId", "topic"):
+            value = frame.get(key)
+            if isinstance(value, str):
+                context[key] = value
+        context["msgRef"] = _msg_ref(frame)
+    return frames.error(frames.RATE_LIMIT_EXCEEDED, code=frames.CODE_RATE_LIMIT, **context)
+
+
 def _protocol_version(value: Any) -> int:
     """min(client, server) version; a non-integer or absent version means 1."""
     if not isinstance(value, int) or isinstance(value, bool):
@@ -124,7 +140,11 @@ class BrokerCore:
         return [(conn.conn_id, frame)]
 
     def _receive(self, conn: Connection, size: int, decode: Callable[[], Frame]) -> list[Delivery]:
-        """Size, rate and decode checks shared by binary and text frames."""
+        """Size, decode and rate checks shared by binary and text frames.
+
+        Decoding comes before the rate check only so that a rate-limit error can name
+        the refused request; every non-heartbeat frame, decodable or not, costs a token.
+        """
         if size > self.config.max_message_bytes:
             return self._reply(
                 conn,
@@ -134,16 +154,19 @@ class BrokerCore:
                     maxSizeBytes=self.config.max_message_bytes,
                 ),
             )
-        if not conn.bucket.take(self.mono()):
-            return self._reply(
-                conn, frames.error(frames.RATE_LIMIT_EXCEEDED, code=frames.CODE_RATE_LIMIT)
-            )
+        frame: Frame | None = None
+        bad: BadFrame | None = None
         try:
             frame = decode()
         except BadFrame as exc:
+            bad = exc
+        if not conn.bucket.take(self.mono()):
+            return self._reply(conn, _rate_limited(frame))
+        if frame is None:
             if not conn.authenticated:
                 return self._reply(conn, frames.error(frames.NOT_AUTHENTICATED))
-            return self._reply(conn, frames.error(frames.INVALID_MESSAGE, hint=exc.hint))
+            hint = bad.hint if bad is not None else "not a message"
+            return self._reply(conn, frames.error(frames.INVALID_MESSAGE, hint=hint))
         return self.handle(conn, frame)
 
     def handle(self, conn: Connection, frame: Frame) -> list[Delivery]:

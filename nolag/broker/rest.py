@@ -5,8 +5,8 @@
 - 200 ``{"roomId": slug-or-null, "actors": [...], "count": N}``, one entry per *actor*
   (its sockets merged: earliest ``joinedAt``, most recently set presence,
   ``connections`` = number of sockets);
-- 401 for a missing or refused token, 429 with ``Retry-After`` past the token's
-  ``rateLimit`` (requests per second, per token);
+- 401 for a missing or refused token, 429 with ``Retry-After`` past the per-token rate
+  (``BrokerConfig.rest_rate`` requests per second, by default the token's ``rateLimit``);
 - 403 for a room the token may not use, and also for an unknown room (``unknown_topic``),
   never 404: the SDK reads a 404 as "this server has no REST endpoint".
 """
@@ -77,7 +77,9 @@ class RestPresence:
         if identity is None:
             return RestReply(401, {"error": frames.ACCESS_DENIED}, unauthorized)
         now = self._core.mono()
-        bucket = self._bucket(identity.rate_key, identity.rate_limit, now)
+        rest_rate = self._core.config.rest_rate
+        rate = identity.rate_limit if rest_rate is None else rest_rate
+        bucket = self._bucket(identity.rate_key, rate, now)
         if not bucket.take(now):
             wait = max(1, math.ceil(bucket.retry_after(now)))
             return RestReply(
