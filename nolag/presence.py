@@ -32,13 +32,16 @@ newer than the list. Per (room, actor, connection id or anonymous) socket group:
 * anonymous sockets whose latest post-mark event was a join/update: the list may raise
   the count but not drop it below one, and the event's data stays visible;
 * sockets the list adds beyond what the cache counted are *credits* for `join_grace`
-  seconds: a join event without a connection id, with the same data as one of them,
-  arriving within that window is that socket's own late broadcast (Kraken registers before
-  it broadcasts) and is not counted twice (a later single leave would otherwise leave a
-  ghost). Symmetrically, sockets the list removed are *debits*: that many leave events
-  within the window are taken as their late broadcasts and not counted again. The cost is
-  a genuine second socket joining (or leaving) with the same data inside the window being
-  missed until the next list; that is rarer than the race and the next list repairs it;
+  seconds: that many join events with no connection id (or a new one), each with the same
+  data as one of the list's entries for the actor, arriving within that window are those
+  sockets' own late broadcasts (Kraken registers before it broadcasts) and are not counted
+  twice (a later single leave would otherwise leave a ghost). Symmetrically, sockets the
+  list removed are *debits*: that many leave events within the window are taken as their
+  late broadcasts and not counted again (a later list within the window keeps awaiting
+  those). The cost: a genuine new socket joining (or one
+  leaving) inside the window with such data is missed until the next list; that is rarer
+  than the race, and the next list repairs it. A late join whose socket also changed its
+  data before the list was taken does not match and is counted;
 * a list requested before an earlier-applied list of the same room, before `drop_room`
   of that room or before `reset` is stale and ignored.
 
@@ -175,6 +178,7 @@ class _Member:
         "anon_seq",
         "changed",
         "conns",
+        "credit_data",
         "credits",
         "data",
         "debits",
@@ -194,7 +198,10 @@ class _Member:
         self.anon = 0
         self.anon_seq = _NEVER
         self.anon_kind = ""
-        self.credits: list[FrozenDict] = []
+        #: how many list-learned anonymous sockets may still see their join arrive
+        self.credits = 0
+        #: the data of the list's anonymous entries: a late join must show one of them
+        self.credit_data: list[FrozenDict] = []
         self.debits = 0
         self.grace_until = -math.inf
         self.changed = 0
@@ -212,12 +219,12 @@ class _Member:
         if not self.credits:
             return False
         if now > self.grace_until:
-            self.credits.clear()
-            self.debits = 0
+            self.expire()
             return False
-        for i, credit in enumerate(self.credits):
-            if same_data(credit, data):
-                del self.credits[i]
+        for i, shown in enumerate(self.credit_data):
+            if same_data(shown, data):
+                del self.credit_data[i]
+                self.credits -= 1
                 return True
         return False
 
@@ -226,11 +233,15 @@ class _Member:
         if not self.debits:
             return False
         if now > self.grace_until:
-            self.credits.clear()
-            self.debits = 0
+            self.expire()
             return False
         self.debits -= 1
         return True
+
+    def expire(self) -> None:
+        """Forget credits and debits: the window for late broadcasts is over."""
+        self.credits = self.debits = 0
+        self.credit_data = []
 
 
 def _check_grace(value: float) -> float:
@@ -470,7 +481,7 @@ class PresenceStore:
                     converted = mem.take_credit(data, now) or mem.anon > 0
                 if converted:
                     mem.anon -= 1
-                    del mem.credits[mem.anon :]
+                    mem.credits = min(mem.credits, mem.anon)
                 mem.conns[cid] = _Conn(data, None, (seq, 0))
         mem.data = data
         if ev.actor_type is not None:
@@ -505,7 +516,7 @@ class PresenceStore:
                 return []  # a list already removed this socket
             if mem.anon:
                 mem.anon -= 1
-                del mem.credits[mem.anon :]
+                mem.credits = min(mem.credits, mem.anon)
             else:
                 oldest = min(mem.conns, key=lambda c: mem.conns[c].order)
                 del mem.conns[oldest]
@@ -670,26 +681,18 @@ class PresenceStore:
             mem = _Member(actor, room, data)
         before = mem.view
 
-        # sockets the list adds may still have their join in flight; removed ones their leave
-        mem.credits = []
-        mem.debits = 0
-        if anon > old_anon:
-            pool_data = [_data(e.presence) for e in anon_entries]
-            for _ in range(old_anon):
-                if not pool_data:
-                    break
-                hit = next(
-                    (
-                        i
-                        for i, d in enumerate(pool_data)
-                        if cached is not None and same_data(d, cached)
-                    ),
-                    0,
-                )
-                pool_data.pop(hit)
-            mem.credits = pool_data[: anon - old_anon]
-        elif anon < old_anon:
-            mem.debits = old_anon - anon
+        # sockets the list adds may still have their join in flight, removed ones their
+        # leave; late broadcasts still awaited from an earlier list stay awaited
+        if now > mem.grace_until:
+            mem.expire()
+        confirmed = old_anon - mem.credits  # anonymous sockets whose join we have seen
+        expected = confirmed + mem.debits  # ... plus those whose leave we still expect
+        mem.expire()
+        if anon > confirmed:
+            mem.credits = anon - confirmed
+            mem.credit_data = [_data(e.presence) for e in anon_entries]
+        if anon < expected:
+            mem.debits = expected - anon
         mem.grace_until = now + self._grace
 
         mem.conns = conns
