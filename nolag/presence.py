@@ -19,37 +19,37 @@ when that connection leaves, the data of the newest remaining one shows (an upda
 if it differs). With anonymous sockets the store cannot tell whose data remains after a
 leave, so the data stays until an event or a list says otherwise.
 
-Lists and races. A list is one entry per socket and, for the room it describes, replaces
-what the cache believes, with join/leave/update events for the difference, except where
-an event applied after the request was sent (`mark()`) contradicts it: such an event is
-newer than the list. Per (room, actor, connection id or anonymous) socket group:
+Lists and races. A list is one entry per socket. For its room it replaces what the cache
+believes, with leave/join/update events for the difference, except where an event applied
+after the request was sent (`mark()`) contradicts it, since that event is newer:
 
-* a connection whose leave was applied after the mark is not resurrected by the list, and
-  one whose join/update was applied after the mark keeps the state that event gave it;
+* a connection that left after the mark is not resurrected by the list; one that joined
+  or updated after the mark keeps the state that event gave it;
 * anonymous sockets whose latest post-mark event was a leave: the list may lower their
-  count but never raise it (a departed actor stays departed; Kraken unregisters after it
-  broadcasts the leave, so a list can still hold the leaver);
+  count, never raise it (a departed actor stays departed; Kraken unregisters a socket
+  after broadcasting its leave, so a list can still hold the leaver);
 * anonymous sockets whose latest post-mark event was a join/update: the list may raise
-  the count but not drop it below one, and the event's data stays visible;
-* sockets the list adds beyond what the cache counted are *credits* for `join_grace`
-  seconds: that many join events with no connection id (or a new one), each with the same
-  data as one of the list's entries for the actor, arriving within that window are those
-  sockets' own late broadcasts (Kraken registers before it broadcasts) and are not counted
-  twice (a later single leave would otherwise leave a ghost). Symmetrically, sockets the
-  list removed are *debits*: that many leave events within the window are taken as their
-  late broadcasts and not counted again (a later list within the window keeps awaiting
-  those). The cost: a genuine new socket joining (or one
-  leaving) inside the window with such data is missed until the next list; that is rarer
-  than the race, and the next list repairs it. A late join whose socket also changed its
-  data before the list was taken does not match and is counted;
-* a list requested before an earlier-applied list of the same room, before `drop_room`
+  their count but not drop it below one, and the event's data stays visible;
+* sockets the list shows beyond those the cache saw join are *credits* for `join_grace`
+  seconds (Kraken registers a socket before broadcasting its join, so a list can hold a
+  socket whose join arrives just after it): that many joins, without a connection id or
+  with an unknown one, whose data equals one of the list's entries for the actor, are
+  those sockets' late broadcasts and are not counted again; otherwise the actor's later
+  single leave would leave a ghost. Likewise sockets the list dropped are *debits*: that
+  many leaves within the window are their late broadcasts. A later list in the window
+  keeps awaiting them. The price: a genuinely new socket with such data joining (or one
+  leaving) inside the window is missed until the next list; a socket that joined and then
+  changed its data before the list was taken is counted twice until the next list;
+* a list requested before an already-applied list of the same room, before `drop_room`
   of that room or before `reset` is stale and ignored.
 
-When a list entry set for an actor has different data per socket, the visible data is
-chosen deterministically: for identified connections, the one the list changed most
-recently (the latest joinedAt among those the list changed, else the cached newest); for
-anonymous sockets, the cached data if it equals one entry's data, else the entry with the
-latest joinedAt (ties broken by a canonical ordering of the data).
+When an actor's entries differ in data, the visible data is chosen deterministically. With
+connection ids it is the newest connection's, where connections the list added or changed
+count as changed at the mark (after older events, before newer ones; among themselves by
+joinedAt). Anonymous: the cached data if one entry shows it, else the entry with the
+latest joinedAt (ties broken by a canonical ordering of the data). A list without
+connection ids for connections the cache tracks (e.g. a REST answer) keeps as many of them
+as it has entries, preferring those whose data it shows.
 
 `joined_at` is the earliest `joinedAt` (epoch seconds) among the actor's entries in the
 latest list that covered it; a membership learned from events has None until a list

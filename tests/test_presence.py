@@ -388,6 +388,43 @@ def test_list_removed_socket_late_leave_is_not_double_counted() -> None:
     assert names(f("leave", "a")) == [(LEAVE, "a", {"x": 1})]
 
 
+def test_a_second_list_keeps_awaiting_a_late_join() -> None:
+    f = Feed(join_grace=2.0)
+    f.listed(entry("a", {"x": 1}))  # its join is still in flight...
+    f.listed(entry("a", {"x": 1}))  # ...when a second list arrives
+    f.now += 0.5
+    assert f.pair("a", {"x": 1}) == []
+    assert f.view("a").connections == 1  # type: ignore[union-attr]
+    assert names(f("leave", "a")) == [(LEAVE, "a", {"x": 1})]
+
+
+def test_a_second_list_keeps_awaiting_a_late_leave() -> None:
+    f = Feed()
+    f.pair("a", {})
+    f.pair("a", {})
+    f.listed(entry("a", {}))  # one socket closed, its leave in flight
+    f.listed(entry("a", {}))
+    assert f("leave", "a") == []
+    assert f.view("a").connections == 1  # type: ignore[union-attr]
+
+
+def test_late_join_may_match_any_of_the_actors_entries() -> None:
+    f = Feed()
+    f.pair("a", {"d": "laptop"})
+    # the list shows the known socket and a newer one, in any order
+    f.listed(entry("a", {"d": "phone"}, 9), entry("a", {"d": "laptop"}, 5))
+    # the phone's late join: not a third socket (its data, the newest event's, shows)
+    assert names(f.pair("a", {"d": "phone"})) == [(UPDATE, "a", {"d": "phone"})]
+    assert f.view("a").connections == 2  # type: ignore[union-attr]
+
+
+def test_list_room_argument_wins_over_the_reply_room() -> None:
+    store = PresenceStore()
+    mark = store.mark()
+    store.apply_list(plist(entry("a", {}), room=None), "general", mark, 0.0)
+    assert store.rooms() == ("general",)
+
+
 def test_list_in_an_empty_room_removes_everyone() -> None:
     f = Feed()
     f.pair("a", {})
