@@ -1,16 +1,19 @@
 """A hypothesis state machine driving PresenceStore against a plain model of the sockets.
 
 The truth is a dict of socket -> (actor, room, data). Sockets open, update, switch rooms
-and close; each change is delivered to the store as the real broker would send it (join +
-update pair, one leave per socket; with or without connection ids), unless the client is
-"away" (events lost). Lists of a room are requested (mark) and delivered later, either
-computed at delivery (ordered with the events, as a socket reply is) or at request time
-(stale, as Kraken's registry races can make them). Rooms get dropped, the store reset.
+and close; each change is broadcast to the store as the real broker sends it (join +
+update pair, one leave per socket; with or without connection ids). A broadcast can be
+lost (the client is "away") or held back while a list is answered (Kraken's registry
+races: a list showing a socket whose join arrives just after, or missing one whose leave
+does). Lists of a room are requested (mark) and delivered later: computed at delivery
+(ordered with the events, as a socket reply is), optionally still holding sockets whose
+leave already arrived, or computed at request time (arbitrarily stale). Rooms get
+dropped, the store reset, time advances past or within the grace window.
 
 Always checked: replaying every public event on a plain dict gives the store's snapshot
 (no missing, duplicate or spurious event); snapshots are immutable, cached while the
 version stands, and consistent with count/get/rooms. For rooms the store is expected to
-know exactly (every event since the last trusted list delivered), the snapshot must equal
+know exactly (no event lost and none held since the last trusted list), the snapshot must equal
 the model's view: same actors, socket counts, data (by the store's documented choice
 rules) and joinedAt.
 """
