@@ -27,7 +27,12 @@ class ConnectionError(NoLagError, builtins.ConnectionError):
 
 
 class ConnectionClosedError(ConnectionError):
-    """The connection closed while a call was waiting on it."""
+    """The connection closed; `code` and `reason` are the server's close frame, if it sent one."""
+
+    def __init__(self, message: str, code: Optional[int] = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 class NotConnectedError(NoLagError):
@@ -42,24 +47,16 @@ class AuthenticationError(NoLagError):
         self.reason = reason
 
 
-class ForbiddenError(NoLagError, builtins.PermissionError):
-    """The token may not see that room or lobby (HTTP 403 or a not_authorized frame)."""
-
-
-class RateLimitError(NoLagError):
-    """The server rate-limited the call; `retry_after` is in seconds when the server said."""
-
-    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 class PresenceTimeoutError(NoLagError, builtins.TimeoutError):
     """A blocking call did not get its answer within its timeout."""
 
 
 class ServerError(NoLagError):
-    """An error frame from the server: `error` is its name, `code` its number if any."""
+    """The server reported an error: `error` is its name, `code` its number if any.
+
+    Error frames on the socket (reported through the client's `error` event) and REST
+    failures share this shape: `hint`, `room`, `lobby` and `topic` say what it was about.
+    """
 
     def __init__(
         self,
@@ -88,3 +85,24 @@ class ServerError(NoLagError):
         self.room = room
         self.lobby = lobby
         self.topic = topic
+
+
+class ForbiddenError(ServerError, builtins.PermissionError):
+    """The token may not use that room or lobby (HTTP 403 or a not_authorized frame)."""
+
+
+class RateLimitError(ServerError):
+    """The server rate-limited the call; `retry_after` is in seconds when the server said."""
+
+    def __init__(
+        self,
+        error: str = "rate_limit_exceeded",
+        code: Optional[int] = None,
+        hint: Optional[str] = None,
+        room: Optional[str] = None,
+        lobby: Optional[str] = None,
+        topic: Optional[str] = None,
+        retry_after: Optional[float] = None,
+    ) -> None:
+        super().__init__(error, code=code, hint=hint, room=room, lobby=lobby, topic=topic)
+        self.retry_after = retry_after

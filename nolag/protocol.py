@@ -30,7 +30,9 @@ __all__ = [
     "PresenceList",
     "ProtocolError",
     "ServerFrame",
+    "decode_entry",
     "decode_frame",
+    "decode_map",
     "encode_auth",
     "encode_clear_presence",
     "encode_get_lobby_presence",
@@ -101,6 +103,8 @@ class PresenceEntry:
     status: Optional[str] = None
     connection_id: Optional[str] = None
     actor_type: Optional[str] = None
+    #: sockets behind this entry: 1 in socket lists, the actor's count in REST answers
+    connections: int = 1
 
 
 @attrs.frozen(slots=True)
@@ -211,7 +215,7 @@ def _opt_int(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     """Internal: the frame is malformed; turned into a ProtocolError value."""
 
 
@@ -222,7 +226,8 @@ def _req_str(frame: Mapping[str, Any], camel: str, snake: str) -> str:
     return value
 
 
-def _entry(raw: Any) -> PresenceEntry:
+def decode_entry(raw: Any) -> PresenceEntry:
+    """Decode one presence list entry (socket list or REST); raises ValueError if malformed."""
     if not isinstance(raw, Mapping):
         raise _Bad("presence list entry is not a map")
     return PresenceEntry(
@@ -232,7 +237,13 @@ def _entry(raw: Any) -> PresenceEntry:
         status=_opt_str(raw.get("status")),
         connection_id=_opt_str(_get(raw, "connectionId", "connection_id")),
         actor_type=_opt_str(_get(raw, "actorType", "actor_type")),
+        connections=_connections(raw.get("connections")),
     )
+
+
+def _connections(value: Any) -> int:
+    count = _opt_int(value)
+    return count if count is not None and count > 0 else 1
 
 
 def _decode_auth(frame: Mapping[str, Any]) -> Union[AuthOk, AuthRefused]:
@@ -283,7 +294,7 @@ def _decode_list(frame: Mapping[str, Any]) -> PresenceList:
     room = _get(frame, "roomId", "room_id")
     if room is not None and not isinstance(room, str):
         raise _Bad("presenceList roomId is not a string")
-    return PresenceList(room=room, entries=tuple(_entry(e) for e in data))
+    return PresenceList(room=room, entries=tuple(decode_entry(e) for e in data))
 
 
 def _decode_lobby_rooms(raw: Any) -> dict[str, dict[str, PresenceEntry]]:
@@ -301,7 +312,7 @@ def _decode_lobby_rooms(raw: Any) -> dict[str, dict[str, PresenceEntry]]:
                 raise _Bad("lobby presence entry is not a map")
             if "actorTokenId" not in entry and "actor_token_id" not in entry:
                 entry = {**entry, "actorTokenId": actor_id}
-            members[actor_id] = _entry(entry)
+            members[actor_id] = decode_entry(entry)
         rooms[room] = members
     return rooms
 

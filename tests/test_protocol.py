@@ -1,4 +1,4 @@
-"""The codec against the real broker's frames: every received frame decodes, every sent one matches."""
+"""The codec against the real broker's frames: each received one decodes, each sent one matches."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_encoders_produce_the_bytes_clients_sent_to_the_real_broker() -> None:
     for _name, line in _frames("send"):
         payload = bytes.fromhex(line["hex"])
         if not payload:
-            assert p.HEARTBEAT == payload
+            assert payload == p.HEARTBEAT
             continue
         try:
             decoded = msgpack.unpackb(payload, raw=False, strict_map_key=False)

@@ -1,0 +1,152 @@
+"""Handler registry and the dispatcher thread that runs user callbacks in event order.
+
+The reader thread only enqueues; callbacks run here, so a slow or failing callback never
+stalls the socket. A callback may call any client method, disconnect() included.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar, Union, overload
+
+__all__ = ["EVENTS", "Dispatcher", "Handler"]
+
+log = logging.getLogger("nolag")
+
+Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
+
+#: every event name a client emits, with the arguments its handlers receive
+EVENTS = {
+    "presence:join": "(actor: ActorPresence)",
+    "presence:update": "(actor: ActorPresence)",
+    "presence:leave": "(actor: ActorPresence)",
+    "connect": "()",
+    "disconnect": "(reason: str)",
+    "reconnecting": "(attempt: int, delay: float)",
+    "reconnect": "()",
+    "error": "(error: Exception)",
+}
+
+_STOP = object()
+
+
+class Dispatcher:
+    """Runs registered handlers for queued events on one named daemon thread, in order."""
+
+    def __init__(self, thread_name: str, known_events: Optional[set[str]] = None) -> None:
+        self._handlers: dict[str, tuple[Handler, ...]] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._known = known_events if known_events is not None else set(EVENTS)
+        self._thread_name = thread_name
+        self._thread: Optional[threading.Thread] = None
+        self.handler_errors = 0
+
+    # ------------------------------------------------------------ registry
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
+        """Register `handler` for `event`; without a handler, return a decorator."""
+        self._check_event(event)
+        if handler is None:
+
+            def decorator(func: H) -> H:
+                self._add(event, func)
+                return func
+
+            return decorator
+        self._add(event, handler)
+        return handler
+
+    def off(self, event: str, handler: Optional[Handler] = None) -> None:
+        """Remove one handler of `event`, or all of them when handler is None."""
+        self._check_event(event)
+        with self._lock:
+            if handler is None:
+                self._handlers.pop(event, None)
+                return
+            current = self._handlers.get(event, ())
+            if handler in current:
+                index = current.index(handler)
+                self._handlers[event] = current[:index] + current[index + 1 :]
+
+    def has_handlers(self, event: str) -> bool:
+        """True if anything listens to `event` (lets the caller skip building arguments)."""
+        return bool(self._handlers.get(event))
+
+    def _add(self, event: str, handler: Handler) -> None:
+        if not callable(handler):
+            raise TypeError(f"handler for {event!r} must be callable, not {type(handler).__name__}")
+        with self._lock:
+            self._handlers[event] = (*self._handlers.get(event, ()), handler)
+
+    def _check_event(self, event: str) -> None:
+        if not isinstance(event, str):
+            raise TypeError(f"event must be a str, not {type(event).__name__}")
+        if event not in self._known:
+            known = ", ".join(sorted(self._known))
+            raise ValueError(f"unknown event {event!r}; known events: {known}")
+
+    # ------------------------------------------------------------ dispatching
+
+    def start(self) -> None:
+        """Start the dispatcher thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        self._thread.start()
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Queue an event; its handlers run later on the dispatcher thread."""
+        self._queue.put((event, args))
+
+    def stop(self, timeout: float) -> None:
+        """Run what is queued, then stop and join the thread (unless called from it)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(_STOP)
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "nolag: dispatcher did not stop within %.1fs (a callback blocks)", timeout
+                )
+        self._thread = None
+
+    @property
+    def on_dispatcher_thread(self) -> bool:
+        """True when called from inside a callback."""
+        thread = self._thread
+        return thread is not None and thread is threading.current_thread()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            event, args = item
+            self._call(event, args)
+
+    def _call(self, event: str, args: tuple[Any, ...]) -> None:
+        for handler in self._handlers.get(event, ()):
+            try:
+                handler(*args)
+            except Exception as exc:
+                self.handler_errors += 1
+                log.exception("nolag: a %r handler raised", event)
+                if event != "error":
+                    for on_error in self._handlers.get("error", ()):
+                        try:
+                            on_error(exc)
+                        except Exception:
+                            log.exception("nolag: an 'error' handler raised")

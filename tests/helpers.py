@@ -1,0 +1,90 @@
+"""Shared test helpers: bounded waiting, event recording, free ports and stray-thread checks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable
+
+from nolag import NoLag
+
+TOKENS = {
+    "alice": "dev-token-alice",
+    "bob": "dev-token-bob",
+    "carol": "dev-token-carol",
+    "dave": "dev-token-dave",
+    "erin": "dev-token-erin",
+    "mallory": "dev-token-mallory",
+}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+class Recorder:
+    """Collects (event, actor id, presence data, room) tuples from a client's callbacks."""
+
+    EVENTS = ("presence:join", "presence:update", "presence:leave")
+
+    def __init__(self, client: NoLag) -> None:
+        self.log: list[tuple[str, str, dict[str, Any], Any]] = []
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+        for name in self.EVENTS:
+            client.on(name, self._make(name))
+
+    def _make(self, name: str) -> Callable[[Any], None]:
+        def handler(actor: Any) -> None:
+            with self._lock:
+                self.log.append((name, actor.actor_token_id, dict(actor.presence), actor.room))
+                self.threads.add(threading.current_thread().name)
+
+        return handler
+
+    def of(self, actor_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """The events about one actor: (event name, data)."""
+        with self._lock:
+            return [(e, d) for e, a, d, _ in self.log if a == actor_id]
+
+    def names(self, actor_id: str) -> list[str]:
+        return [e for e, _ in self.of(actor_id)]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def nolag_threads() -> list[str]:
+    """Names of live client threads (nolag-reader/heartbeat/dispatcher)."""
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith(("nolag-reader", "nolag-heartbeat", "nolag-dispatcher"))
+    ]
+
+
+@contextmanager
+def connected(url: str, token: str, **options: Any) -> Iterator[NoLag]:
+    """A connected client that is always disconnected afterwards."""
+    client = NoLag(token, url=url, **options)
+    try:
+        client.connect(timeout=5)
+        yield client
+    finally:
+        client.disconnect()
