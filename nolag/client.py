@@ -264,7 +264,10 @@ class NoLag:
         return self
 
     def disconnect(self, timeout: float = 5.0) -> None:
-        """Close the connection, stop every thread and clear the cache. Safe to call twice."""
+        """Close the connection, stop every thread, clear the cache and forget own presence.
+
+        Safe to call twice, and from inside a callback.
+        """
         self._closing.set()
         with self._lock:
             was = self._state
@@ -272,6 +275,7 @@ class NoLag:
             transport, self._transport = self._transport, None
             self._fail_pending(ConnectionClosedError("the client disconnected"))
             self._store.reset()
+            self._own_room = self._own_project = None  # a later connect() starts afresh
             self._socket_room = None
             self._stale_room_leaves = 0
         if transport is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -10,13 +12,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import transcripts
+from helpers import free_port, nolag_threads, wait_for_health, wait_until
 from rawclient import RawClient
 
 from nolag.broker import EmbeddedBroker
 
 TESTS_DIR = Path(__file__).resolve().parent
 TOKENS_PATH = TESTS_DIR / "fixtures" / "tokens.json"
-TRANSCRIPTS_DIR = TESTS_DIR.parent.parent / "shared" / "transcripts"
 
 
 def broker_threads() -> list[threading.Thread]:
@@ -34,6 +37,13 @@ def _no_broker_thread_left(request: pytest.FixtureRequest) -> Iterator[None]:
     while broker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not broker_threads(), f"broker threads left behind: {broker_threads()}"
+
+
+@pytest.fixture(autouse=True)
+def _no_client_thread_left() -> Iterator[None]:
+    """After every test, no client thread (reader, heartbeat, dispatcher) may still run."""
+    yield
+    wait_until(lambda: not nolag_threads(), timeout=5)
 
 
 @pytest.fixture
@@ -92,12 +102,44 @@ def connect(broker: EmbeddedBroker) -> Iterator[Callable[..., RawClient]]:
 @pytest.fixture
 def transcript() -> Callable[[str], list[dict[str, Any]]]:
     """Loader of shared/transcripts/<prefix>-*.jsonl records (skips if shared/ is absent)."""
+    return transcripts.load
 
-    def load(prefix: str) -> list[dict[str, Any]]:
-        paths = sorted(TRANSCRIPTS_DIR.glob(f"{prefix}-*.jsonl"))
-        if not paths:
-            pytest.skip(f"transcript {prefix} not found under {TRANSCRIPTS_DIR}")
-        with paths[0].open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
 
-    return load
+@pytest.fixture(scope="session")
+def broker_process() -> Iterator[str]:
+    """The WebSocket URL of a `nolag broker` process with the test tokens.
+
+    CI starts one and exports NOLAG_TEST_BROKER_URL; otherwise a process is started here
+    on a free loopback port and stopped after the session.
+    """
+    external = os.environ.get("NOLAG_TEST_BROKER_URL")
+    if external:
+        yield external
+        return
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nolag",
+            "broker",
+            "--port",
+            str(port),
+            "--tokens",
+            str(TOKENS_PATH),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}/health", proc)
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()

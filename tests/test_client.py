@@ -6,7 +6,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,6 @@ from nolag import (
 from nolag.broker import EmbeddedBroker
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(tokens_path=str(FIXTURES / "tokens.json")) as b:
-        yield b
-
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind() -> Iterator[None]:
-    yield
-    wait_until(lambda: not nolag_threads(), timeout=5)
 
 
 # ------------------------------------------------------------------ construction and connect

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import TOKENS, connected, nolag_threads, wait_until
+from helpers import TOKENS, connected, wait_until
 
 from nolag import (
     AuthenticationError,
@@ -21,18 +21,6 @@ from nolag import (
 from nolag.broker import EmbeddedBroker
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(tokens_path=str(FIXTURES / "tokens.json")) as b:
-        yield b
-
-
-@pytest.fixture(autouse=True)
-def no_thread_left_behind() -> Iterator[None]:
-    yield
-    wait_until(lambda: not nolag_threads(), timeout=5)
 
 
 class _NotFound(http.server.BaseHTTPRequestHandler):

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+import transcripts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nolag import protocol as p
 
-TRANSCRIPTS = Path(
-    os.environ.get(
-        "NOLAG_TRANSCRIPTS", Path(__file__).resolve().parents[2] / "shared" / "transcripts"
-    )
-)
+TRANSCRIPTS = transcripts.transcripts_dir()
 
 
 def _lines() -> list[tuple[str, dict[str, Any]]]:

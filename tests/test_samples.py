@@ -1,0 +1,157 @@
+"""The samples and the console script, run as a user would: real processes, real broker."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import TOKENS, connected, wait_until
+
+from nolag.demo import run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _run(
+    *args: str, timeout: float = 30, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+        input=stdin,
+    )
+
+
+@pytest.mark.parametrize("sample", ["presence_watch.py", "typing_indicator.py"])
+def test_samples_have_help(sample: str) -> None:
+    result = _run(str(SAMPLES / sample), "--help")
+    assert result.returncode == 0
+    assert "--token" in result.stdout and "--url" in result.stdout
+
+
+def test_presence_watch_prints_joins_updates_leaves_and_counts(broker_process: str) -> None:
+    watch = subprocess.Popen(
+        [
+            sys.executable,
+            str(SAMPLES / "presence_watch.py"),
+            "--duration",
+            "8",
+            "--room",
+            "general",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**ENV, "NOLAG_URL": broker_process, "NOLAG_TOKEN": TOKENS["carol"]},
+    )
+    try:
+        assert watch.stdout is not None
+        assert "watching room 'general'" in watch.stdout.readline()
+        with connected(broker_process, TOKENS["dave"]) as dave:
+            dave.set_presence({"username": "Dave", "status": "online"}, room="general")
+            wait_until(lambda: dave.get_presence("carol"))
+            dave.set_presence({"username": "Dave", "status": "away"}, room="general")
+            wait_until(lambda: dave.get_presence("dave").presence["status"] == "away")  # type: ignore[union-attr]
+        out, err = watch.communicate(timeout=20)
+    finally:
+        watch.kill()
+        watch.wait(5)
+    assert watch.returncode == 0, err
+    # the broker sends map keys sorted, as the real one does
+    assert "+ Dave joined {'status': 'online', 'username': 'Dave'} — 2 online" in out
+    assert "~ Dave updated {'status': 'away', 'username': 'Dave'} — 2 online" in out
+    assert "- Dave left — 1 online" in out
+
+
+def test_presence_watch_reports_a_bad_token_in_one_line(broker_process: str) -> None:
+    result = _run(str(SAMPLES / "presence_watch.py"), "--url", broker_process, "--token", "nope")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "presence_watch: token refused: access_denied"
+
+
+def test_typing_indicator_debounces_and_clears(broker_process: str) -> None:
+    with connected(broker_process, TOKENS["erin"]) as erin:
+        erin.set_presence({"username": "Erin"}, room="general")
+        states: list[object] = []
+        erin.on(
+            "presence:update",
+            lambda a: (
+                states.append(a.presence.get("isTyping")) if a.actor_token_id == "bob" else None
+            ),
+        )
+        typist = subprocess.Popen(
+            [
+                sys.executable,
+                str(SAMPLES / "typing_indicator.py"),
+                "--url",
+                broker_process,
+                "--token",
+                TOKENS["bob"],
+                "--name",
+                "Bob",
+                "--idle",
+                "0.6",
+                "--min-interval",
+                "5",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        try:
+            assert typist.stdin is not None and typist.stdout is not None
+            assert "in room 'general' as Bob" in typist.stdout.readline()
+            wait_until(lambda: erin.get_presence("bob"))
+            for _ in range(5):  # a burst of keystrokes: one isTyping=true, not five
+                typist.stdin.write("hello\n")
+                typist.stdin.flush()
+                time.sleep(0.05)
+            wait_until(lambda: states[-1:] == [False], timeout=5)  # cleared after the idle time
+            bob = erin.get_presence("bob")
+            assert bob is not None
+            assert dict(bob.presence) == {"username": "Bob", "status": "online", "isTyping": False}
+            typist.stdin.close()
+            typist.wait(10)
+        finally:
+            typist.kill()
+            typist.wait(5)
+        assert typist.returncode == 0
+        assert states == [True, False]
+
+
+def test_demo_in_plain_mode_shows_people_come_and_go() -> None:
+    result = _run(
+        "-m", "nolag", "demo", "--duration", "4", "--actors", "3", "--seed", "7", "--plain"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "embedded broker at ws://127.0.0.1:" in result.stdout
+    assert result.stdout.count(" joined (") >= 3
+    assert "nolag demo: stopped" in result.stdout
+
+
+def test_demo_live_view_redraws_the_table() -> None:
+    out = io.StringIO()
+    assert run_demo(actors=2, duration=2.0, seed=3, out=out, live=True) == 0
+    screen = out.getvalue()
+    assert "\x1b[H\x1b[2J" in screen  # redrawn in place
+    assert "who" in screen and "status" in screen and "online" in screen
+
+
+def test_cli_help_and_usage_errors() -> None:
+    assert _run("-m", "nolag", "--help").returncode == 0
+    assert _run("-m", "nolag", "broker", "--help").returncode == 0
+    bad = _run("-m", "nolag", "demo", "--actors", "0")
+    assert bad.returncode == 2 and "actors" in bad.stderr
+    assert _run("-m", "nolag").returncode == 2
