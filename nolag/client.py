@@ -16,6 +16,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
@@ -195,6 +196,10 @@ class NoLag:
         self._socket_room: Optional[str] = None
         self._stale_room_leaves = 0  # own leaves still due from rooms we switched away from
         self._pending: collections.deque[_Pending] = collections.deque()
+        self._fork_pending = False  # set in a forked child that must reconnect on first use
+        _live_clients.add(self)
+        # socket reads wake this often; a write blocked this long drops the connection
+        self._io_timeout = max(1.0, min(5.0, self.options.heartbeat_interval))
 
     # ------------------------------------------------------------ properties
 
@@ -266,8 +271,12 @@ class NoLag:
     def disconnect(self, timeout: float = 5.0) -> None:
         """Close the connection, stop every thread, clear the cache and forget own presence.
 
-        Safe to call twice, and from inside a callback.
+        Safe to call twice, and from inside a callback. In a forked child it only forgets
+        the parent's connection.
         """
+        if os.getpid() != self._pid:
+            self._reset_after_fork()
+        self._fork_pending = False
         self._closing.set()
         with self._lock:
             was = self._state
@@ -374,6 +383,7 @@ class NoLag:
 
         Returns an immutable tuple; the same object while nothing changed.
         """
+        self._check_fork()
         with self._lock:
             return self._store.snapshot(room) if room is not None else self._store.snapshot()
 
@@ -381,6 +391,7 @@ class NoLag:
         """One actor from the local cache (in `room`, or wherever it changed last), or None."""
         if not isinstance(actor_id, str):
             raise TypeError(f"actor_id must be a str, not {type(actor_id).__name__}")
+        self._check_fork()
         with self._lock:
             return self._store.get(actor_id, room)
 
@@ -428,16 +439,12 @@ class NoLag:
                         f"no auth reply from {self.options.url} in {timeout:.1f}s"
                     )
                 transport.set_timeout(remaining)
-                try:
-                    frame = protocol.decode_frame(transport.recv())
-                except ConnectionClosedError:
-                    raise
-                except Exception as exc:  # the socket timed out
-                    raise ConnectionError(
-                        f"no auth reply from {self.options.url} in {timeout:.1f}s"
-                    ) from exc
+                payload = transport.recv()
+                if payload is None:
+                    continue  # timed out: the deadline check above ends the wait
+                frame = protocol.decode_frame(payload)
                 if isinstance(frame, protocol.AuthOk):
-                    transport.set_timeout(None)
+                    transport.set_timeout(self._io_timeout)
                     return transport, frame
                 if isinstance(frame, protocol.AuthRefused):
                     raise AuthenticationError(frame.error)
@@ -488,6 +495,8 @@ class NoLag:
                 break
             try:
                 payload = transport.recv()
+                if payload is None:
+                    continue  # no frame within the I/O timeout; liveness is the heartbeat's job
             except ConnectionClosedError as exc:
                 if self._closing.is_set():
                     break
@@ -729,8 +738,56 @@ class NoLag:
         return float(value)
 
     def _check_fork(self) -> None:
-        if os.getpid() != self._pid:
+        """In a forked child, reconnect on first use (or raise, per options.fork_policy)."""
+        if os.getpid() != self._pid:  # the at-fork hook did not run (it always should)
+            self._reset_after_fork()
+        if not self._fork_pending:
+            return
+        if self.options.fork_policy == "raise":
             raise NoLagError(
-                "this NoLag client was created in another process (before a fork); "
-                "create a new client in the child process"
+                "this NoLag client was connected in the parent process before a fork; "
+                "create a new client in the child (or use fork_policy='reconnect')"
             )
+        self._fork_pending = False
+        log.info("nolag: forked child %d reconnects with its own socket", self._pid)
+        self.connect()
+
+    def _reset_after_fork(self) -> None:
+        """Runs in a forked child: drop every resource shared with the parent, write nothing.
+
+        Locks may have been held by parent threads that do not exist here, so they are
+        replaced; the socket descriptor is closed without a byte sent; own presence and
+        handlers are kept so that a reconnect restores them.
+        """
+        was_active = self._state is not ConnectionState.DISCONNECTED
+        if self._transport is not None:
+            self._transport.discard()
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self._io_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._disconnected = threading.Event()
+        self._disconnected.set()
+        self._state = ConnectionState.DISCONNECTED
+        self._transport = None
+        self._reader = self._heartbeat = None
+        self._store = PresenceStore()
+        self._dispatcher = self._dispatcher.copy_handlers()
+        self._rest = RestClient(self.options.derived_rest_url(), self._token)
+        self._pending = collections.deque()
+        self._socket_room = None
+        self._stale_room_leaves = 0
+        self.stats = ClientStats()
+        self._fork_pending = was_active
+
+
+_live_clients: weakref.WeakSet[NoLag] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_live_clients):
+        client._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

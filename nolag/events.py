@@ -79,6 +79,12 @@ class Dispatcher:
                 index = current.index(handler)
                 self._handlers[event] = current[:index] + current[index + 1 :]
 
+    def copy_handlers(self) -> Dispatcher:
+        """A fresh, stopped dispatcher with the same handlers (for a forked child)."""
+        fresh = Dispatcher(self._thread_name, self._known)
+        fresh._handlers = dict(self._handlers)
+        return fresh
+
     def has_handlers(self, event: str) -> bool:
         """True if anything listens to `event` (lets the caller skip building arguments)."""
         return bool(self._handlers.get(event))

@@ -193,6 +193,11 @@ class NoLagOptions:
     reconnect_factor: float = attrs.field(default=2.0, validator=_positive)
     #: None retries for ever
     reconnect_max_attempts: Optional[int] = attrs.field(default=None, validator=_opt_count)
+    #: in a forked child (gunicorn --preload, multiprocessing): "reconnect" on first use,
+    #: or "raise" NoLagError; the parent's socket is never written either way
+    fork_policy: str = attrs.field(
+        default="reconnect", validator=attrs.validators.in_(("reconnect", "raise"))
+    )
 
     def derived_rest_url(self) -> str:
         """The REST base URL: rest_url if given, else the WebSocket URL's origin over http(s)."""

@@ -45,7 +45,7 @@ class Transport:
         self._ws.settimeout(timeout)
 
     def set_timeout(self, timeout: Optional[float]) -> None:
-        """Bound each blocking socket operation (None: block until data or abort)."""
+        """Bound each blocking socket read and write (a write past it drops the connection)."""
         self._ws.settimeout(timeout)
 
     def send(self, payload: bytes) -> None:
@@ -59,13 +59,18 @@ class Transport:
             self.abort()
             raise ConnectionClosedError(f"send failed: {exc}") from exc
 
-    def recv(self) -> bytes:
-        """Block for the next data message; raise ConnectionClosedError when the connection ends."""
+    def recv(self) -> Optional[bytes]:
+        """The next data message, or None if none came within the socket timeout.
+
+        Raises ConnectionClosedError when the connection ends (close frame, reset, abort).
+        """
         while True:
             try:
                 opcode, frame = self._ws.recv_data_frame(control_frame=True)
             except websocket.WebSocketTimeoutException:
-                raise
+                if self._closed.is_set():
+                    raise ConnectionClosedError("the connection is closed") from None
+                return None
             except (OSError, websocket.WebSocketException, ValueError, AttributeError) as exc:
                 # AttributeError: websocket-client after its socket was shut down under it
                 self.abort()
@@ -85,6 +90,14 @@ class Transport:
     def closed(self) -> bool:
         """True once the connection was closed or aborted."""
         return self._closed.is_set()
+
+    def discard(self) -> None:
+        """Forget the connection without a byte on the wire (a forked child's copy of it)."""
+        self._closed.set()
+        sock = self._ws.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()  # closes this process's descriptor only: no FIN, no close frame
 
     def close(self, timeout: float = 2.0) -> None:
         """Close cleanly (close frame 1000), bounded by `timeout`; safe to call twice."""

@@ -141,7 +141,8 @@ class BrokerServer:
         if session.killed:
             return
         session.killed = True
-        logger.warning("closing %s (%s)", session.conn.conn_id, reason)
+        level = logging.INFO if code == 1001 else logging.WARNING  # shutdown is routine
+        logger.log(level, "closing %s (%s)", session.conn.conn_id, reason)
         session.outbox.close(discard=True)
         if session.writer is not None:
             session.writer.cancel()
