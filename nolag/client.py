@@ -34,7 +34,7 @@ from nolag.errors import (
     RateLimitError,
     ServerError,
 )
-from nolag.events import Dispatcher, Handler
+from nolag.events import Dispatcher, Handler, Registry
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions
 from nolag.presence import PresenceStore, PublicEvent
 from nolag.rest import NoRestEndpoint, RestClient
@@ -183,7 +183,8 @@ class NoLag:
         self._heartbeat: Optional[threading.Thread] = None
 
         self._store = PresenceStore()
-        self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}")
+        self._events = Registry()
+        self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events)
         self._rest = RestClient(self.options.derived_rest_url(), token)
         self._rest_available: Optional[bool] = None
         self.stats = ClientStats()
@@ -324,11 +325,11 @@ class NoLag:
         Events: presence:join, presence:update, presence:leave (handler(actor)), connect(),
         disconnect(reason), reconnecting(attempt, delay), reconnect(), error(exception).
         """
-        return self._dispatcher.on(event, handler)
+        return self._events.on(event, handler)
 
     def off(self, event: str, handler: Optional[Handler] = None) -> None:
         """Unregister one callback, or every callback of the event when handler is None."""
-        self._dispatcher.off(event, handler)
+        self._events.off(event, handler)
 
     # ------------------------------------------------------------ presence
 
@@ -706,12 +707,12 @@ class NoLag:
     # ------------------------------------------------------------ internals: helpers
 
     def _emit(self, event: str, *args: Any) -> None:
-        self._dispatcher.emit(event, *args)
+        self._dispatcher.emit(self._events, event, *args)
 
     def _emit_all(self, events: Sequence[PublicEvent]) -> None:
         for event in events:
             self.stats.events_emitted += 1
-            self._dispatcher.emit(event.name, event.actor)
+            self._dispatcher.emit(self._events, event.name, event.actor)
 
     def _thread(self, role: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"nolag-{role}-{self._number}", daemon=True)
@@ -772,7 +773,8 @@ class NoLag:
         self._transport = None
         self._reader = self._heartbeat = None
         self._store = PresenceStore()
-        self._dispatcher = self._dispatcher.copy_handlers()
+        self._events = self._events.copy()
+        self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events)
         self._rest = RestClient(self.options.derived_rest_url(), self._token)
         self._pending = collections.deque()
         self._socket_room = None

@@ -1,7 +1,9 @@
-"""Handler registry and the dispatcher thread that runs user callbacks in event order.
+"""Handler registries and the dispatcher thread that runs user callbacks in event order.
 
-The reader thread only enqueues; callbacks run here, so a slow or failing callback never
-stalls the socket. A callback may call any client method, disconnect() included.
+The reader thread only enqueues; callbacks run on the dispatcher thread, so a slow or
+failing callback never stalls the socket. A callback may call any client method,
+disconnect() included. A client has one registry, and each room or lobby context its own;
+all of them share the client's one dispatcher, so every callback runs in event order.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Optional, TypeVar, Union, overload
 
-__all__ = ["EVENTS", "Dispatcher", "Handler"]
+__all__ = ["CLIENT_EVENTS", "EVENTS", "PRESENCE_EVENTS", "Dispatcher", "Handler", "Registry"]
 
 log = logging.getLogger("nolag")
 
@@ -30,23 +32,20 @@ EVENTS = {
     "reconnect": "()",
     "error": "(error: Exception)",
 }
+CLIENT_EVENTS = frozenset(EVENTS)
+#: what room and lobby contexts emit
+PRESENCE_EVENTS = frozenset({"presence:join", "presence:update", "presence:leave"})
 
 _STOP = object()
 
 
-class Dispatcher:
-    """Runs registered handlers for queued events on one named daemon thread, in order."""
+class Registry:
+    """Which callbacks listen to which event; thread-safe, copy-on-write."""
 
-    def __init__(self, thread_name: str, known_events: Optional[set[str]] = None) -> None:
+    def __init__(self, known_events: Collection[str] = CLIENT_EVENTS) -> None:
         self._handlers: dict[str, tuple[Handler, ...]] = {}
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._known = known_events if known_events is not None else set(EVENTS)
-        self._thread_name = thread_name
-        self._thread: Optional[threading.Thread] = None
-        self.handler_errors = 0
-
-    # ------------------------------------------------------------ registry
+        self._known = frozenset(known_events)
 
     @overload
     def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
@@ -79,15 +78,15 @@ class Dispatcher:
                 index = current.index(handler)
                 self._handlers[event] = current[:index] + current[index + 1 :]
 
-    def copy_handlers(self) -> Dispatcher:
-        """A fresh, stopped dispatcher with the same handlers (for a forked child)."""
-        fresh = Dispatcher(self._thread_name, self._known)
+    def handlers(self, event: str) -> tuple[Handler, ...]:
+        """The callbacks of `event` right now (an immutable tuple)."""
+        return self._handlers.get(event, ())
+
+    def copy(self) -> Registry:
+        """An independent registry with the same callbacks (for a forked child)."""
+        fresh = Registry(self._known)
         fresh._handlers = dict(self._handlers)
         return fresh
-
-    def has_handlers(self, event: str) -> bool:
-        """True if anything listens to `event` (lets the caller skip building arguments)."""
-        return bool(self._handlers.get(event))
 
     def _add(self, event: str, handler: Handler) -> None:
         if not callable(handler):
@@ -102,7 +101,20 @@ class Dispatcher:
             known = ", ".join(sorted(self._known))
             raise ValueError(f"unknown event {event!r}; known events: {known}")
 
-    # ------------------------------------------------------------ dispatching
+
+class Dispatcher:
+    """Runs the handlers of queued events on one named daemon thread, in queue order.
+
+    A handler that raises is logged (logger ``nolag``) and the exception is passed to
+    the `error` handlers of `errors` (the client's registry); the other handlers still run.
+    """
+
+    def __init__(self, thread_name: str, errors: Registry) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._errors = errors
+        self._thread_name = thread_name
+        self._thread: Optional[threading.Thread] = None
+        self.handler_errors = 0
 
     def start(self) -> None:
         """Start the dispatcher thread (idempotent)."""
@@ -111,9 +123,10 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         self._thread.start()
 
-    def emit(self, event: str, *args: Any) -> None:
-        """Queue an event; its handlers run later on the dispatcher thread."""
-        self._queue.put((event, args))
+    def emit(self, registry: Registry, event: str, *args: Any) -> None:
+        """Queue an event of `registry`; its handlers run later on the dispatcher thread."""
+        if registry.handlers(event):
+            self._queue.put((registry, event, args))
 
     def stop(self, timeout: float) -> None:
         """Run what is queued, then stop and join the thread (unless called from it)."""
@@ -140,19 +153,20 @@ class Dispatcher:
             item = self._queue.get()
             if item is _STOP:
                 return
-            event, args = item
-            self._call(event, args)
+            registry, event, args = item
+            self._call(registry, event, args)
 
-    def _call(self, event: str, args: tuple[Any, ...]) -> None:
-        for handler in self._handlers.get(event, ()):
+    def _call(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
+        for handler in registry.handlers(event):
             try:
                 handler(*args)
             except Exception as exc:
                 self.handler_errors += 1
                 log.exception("nolag: a %r handler raised", event)
-                if event != "error":
-                    for on_error in self._handlers.get("error", ()):
-                        try:
-                            on_error(exc)
-                        except Exception:
-                            log.exception("nolag: an 'error' handler raised")
+                if event == "error" and registry is self._errors:
+                    continue
+                for on_error in self._errors.handlers("error"):
+                    try:
+                        on_error(exc)
+                    except Exception:
+                        log.exception("nolag: an 'error' handler raised")
