@@ -1,0 +1,241 @@
+"""Test helpers and a pytest plugin for apps that use nolag: a real local broker per test.
+
+Installed with nolag-sync, the plugin (entry point ``pytest11``) gives every test suite:
+
+- ``nolag_broker``: a fresh local broker on a free loopback port (needs the ``broker``
+  extra), with one token per test actor: ``nolag_broker.token("alice")``;
+- ``nolag_client``: a factory of connected clients on that broker,
+  ``nolag_client("alice", room="general", presence={...})``, all disconnected at teardown;
+- ``nolag_tokens``: the token document the broker loads; override it in a conftest.py to
+  declare your own actors and rooms (see `token_document`).
+
+Outside pytest, `start_broker` and `wait_until` do the same jobs by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+import attrs
+import pytest
+
+from nolag.client import NoLag
+
+if TYPE_CHECKING:  # the broker extra (aiohttp) is imported only when a broker starts
+    from nolag.broker import EmbeddedBroker
+
+__all__ = [
+    "DEFAULT_ACTORS",
+    "DEFAULT_ROOMS",
+    "ClientFactory",
+    "LocalBroker",
+    "nolag_broker",
+    "nolag_client",
+    "nolag_tokens",
+    "start_broker",
+    "token_document",
+    "wait_until",
+]
+
+#: test actors (name → actor type); the actor id of each is its name
+DEFAULT_ACTORS: Mapping[str, str] = {
+    "alice": "user",
+    "bob": "user",
+    "carol": "user",
+    "dave": "user",
+    "server": "server",
+    "sensor": "device",
+}
+#: rooms every default actor may use, and the lobby "main" spans
+DEFAULT_ROOMS = ("general", "random")
+TOKEN_PREFIX = "test-token-"
+
+
+def token_document(
+    actors: Mapping[str, str] = DEFAULT_ACTORS,
+    rooms: Iterable[str] = DEFAULT_ROOMS,
+    *,
+    project: str = "test-project",
+    lobbies: Optional[Mapping[str, Iterable[str]]] = None,
+    rate_limit: float = 0,
+) -> dict[str, Any]:
+    """A token document (the broker's token-file format) with one token per actor.
+
+    Each actor ``name`` gets token ``test-token-<name>``, actor id ``name``, every room in
+    `rooms`, and every lobby (default: ``{"main": rooms}``). `rate_limit` 0 is unlimited.
+    """
+    rooms = list(rooms)
+    lobbies = {"main": rooms} if lobbies is None else lobbies
+    topics = [
+        {
+            "pattern": f"app/{room}/#",
+            "topic": f"app-{room}",
+            "permission": "pubSub",
+            "room_id": f"room-{room}",
+            "room_slug": room,
+            "app_id": "app",
+            "app_name": "app",
+        }
+        for room in rooms
+    ]
+    allowed_lobbies = [{"lobby_slug": slug, "lobby_id": f"lobby-{slug}"} for slug in lobbies]
+    tokens = {
+        f"{TOKEN_PREFIX}{name}": {
+            "actorTokenId": name,
+            "projectId": project,
+            "organizationId": f"{project}-org",
+            "actorType": actor_type,
+            "rateLimit": rate_limit,
+            "allowedTopics": topics,
+            "allowedLobbies": allowed_lobbies,
+        }
+        for name, actor_type in actors.items()
+    }
+    lobby_map = {
+        f"lobby-{slug}": {"slug": slug, "rooms": [f"room-{r}" for r in lobby_rooms]}
+        for slug, lobby_rooms in lobbies.items()
+    }
+    return {"tokens": tokens, "lobbies": lobby_map}
+
+
+@attrs.frozen(slots=True)
+class LocalBroker:
+    """A running local broker and the tokens it accepts (actor name → token)."""
+
+    broker: EmbeddedBroker
+    tokens: Mapping[str, str]
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL to give clients (ws://127.0.0.1:<port>/ws)."""
+        return self.broker.url
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the REST endpoint (http://127.0.0.1:<port>)."""
+        return self.broker.http_url
+
+    def token(self, actor: str) -> str:
+        """The token of a declared actor; KeyError names the actors there are."""
+        try:
+            return self.tokens[actor]
+        except KeyError:
+            raise KeyError(
+                f"no test actor {actor!r}; declared: {', '.join(sorted(self.tokens))}"
+            ) from None
+
+    def stop(self) -> None:
+        """Stop the broker (its clients lose their connection and start reconnecting)."""
+        self.broker.stop()
+
+    def start(self) -> None:
+        """Start a stopped broker again on the same port."""
+        self.broker.start()
+
+
+def start_broker(document: Optional[Mapping[str, Any]] = None, **config: Any) -> LocalBroker:
+    """Start a local broker on a free loopback port with `document`'s tokens (default actors).
+
+    `config` are BrokerConfig fields (idle_timeout, ...). Stop it with ``.stop()``.
+    """
+    try:
+        from nolag.broker import EmbeddedBroker
+        from nolag.broker.tokens import parse_tokens
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise ImportError(
+            f"the local broker needs the broker extra ({exc}): pip install 'nolag-sync[broker]'"
+        ) from exc
+    document = token_document() if document is None else document
+    store = parse_tokens(dict(document))
+    embedded = EmbeddedBroker(tokens=store, **config).start()
+    names = {
+        str(entry["actorTokenId"]): token
+        for token, entry in dict(document.get("tokens", {})).items()
+    }
+    return LocalBroker(broker=embedded, tokens=names)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll `predicate` until truthy and return its value; AssertionError after `timeout` s.
+
+    Presence travels through a broker, so tests wait for what they expect instead of sleeping.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate!r}")
+        time.sleep(interval)
+
+
+class ClientFactory(Protocol):
+    """The type of the ``nolag_client`` fixture."""
+
+    def __call__(
+        self,
+        actor: str = "alice",
+        *,
+        room: Optional[str] = None,
+        presence: Optional[Mapping[str, Any]] = None,
+        connect: bool = True,
+        **options: Any,
+    ) -> NoLag: ...
+
+
+@pytest.fixture
+def nolag_tokens() -> dict[str, Any]:
+    """The token document `nolag_broker` loads; override it to declare your own actors."""
+    return token_document()
+
+
+@pytest.fixture
+def nolag_broker(nolag_tokens: Mapping[str, Any]) -> Iterator[LocalBroker]:
+    """A fresh local broker on a free loopback port for one test, stopped afterwards."""
+    try:
+        broker = start_broker(nolag_tokens)
+    except ImportError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def nolag_client(nolag_broker: LocalBroker) -> Iterator[ClientFactory]:
+    """A factory of clients on `nolag_broker`: ``nolag_client("bob", room="general")``.
+
+    `actor` is a declared actor's name (or any other string, used as the token as is);
+    `room` becomes the client's default room; with `presence`, the client announces it
+    (in `room`) as soon as it connects; `connect=False` returns it unconnected. `options`
+    are NoLagOptions fields. Every client is disconnected at teardown.
+    """
+    clients: list[NoLag] = []
+
+    def make(
+        actor: str = "alice",
+        *,
+        room: Optional[str] = None,
+        presence: Optional[Mapping[str, Any]] = None,
+        connect: bool = True,
+        **options: Any,
+    ) -> NoLag:
+        token = nolag_broker.tokens.get(actor, actor)
+        options.setdefault("connect_timeout", 5.0)
+        if room is not None:
+            options.setdefault("default_room", room)
+        client = NoLag(token, url=nolag_broker.url, **options)
+        clients.append(client)
+        if presence is not None:
+            client.set_presence(presence, room=room)
+        if connect:
+            client.connect()
+        return client
+
+    yield make
+    for client in clients:
+        client.disconnect()
