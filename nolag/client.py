@@ -3,8 +3,14 @@
 Threads per client (all daemons, joined by disconnect()):
 - ``nolag-reader-<n>``: owns the connection; decodes frames, applies them to the store,
   queues public events; on an unexpected loss it runs the reconnect loop itself.
-- ``nolag-heartbeat-<n>``: sends the empty-frame heartbeat and aborts a silent connection.
+- ``nolag-heartbeat-<n>``: the client's timer thread: the empty-frame heartbeat, the
+  liveness check, coalesced presence flushes and typing-indicator timeouts.
 - ``nolag-dispatcher-<n>``: runs user callbacks in order (see nolag.events).
+
+Own presence is *desired state*: set_presence() records what this client wants to show,
+and a flush sends whatever differs from what this connection has sent, at most
+`max_presence_rate` frames a second (latest wins), so a burst of calls becomes a few
+frames and a reconnect simply flushes everything again.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, overload
 
 import attrs
 
@@ -35,18 +41,25 @@ from nolag.errors import (
     ServerError,
 )
 from nolag.events import Dispatcher, Handler, Registry
-from nolag.models import ActorPresence, ConnectionState, NoLagOptions
+from nolag.models import ActorPresence, ConnectionState, NoLagOptions, freeze
 from nolag.presence import PresenceStore, PublicEvent
 from nolag.rest import NoRestEndpoint, RestClient
+from nolag.timers import Scheduler, TimerHandle, TokenBucket
 from nolag.transport import Transport
 
-__all__ = ["ClientStats", "NoLag"]
+if TYPE_CHECKING:
+    from nolag.rooms import App, Lobby, Room
+
+__all__ = ["ClientStats", "NoLag", "merge_entries"]
 
 log = logging.getLogger("nolag")
 
 H = TypeVar("H", bound=Handler)
 
 _client_numbers = itertools.count(1)
+
+#: errors that mean "this room (or lobby) is not yours": our presence there was refused
+_REFUSALS = ("not_authorized", "unknown_topic")
 
 
 @attrs.define(slots=True)
@@ -55,23 +68,25 @@ class ClientStats:
 
     frames_received: int = 0
     frames_sent: int = 0
+    presence_sent: int = 0
+    presence_coalesced: int = 0
     protocol_errors: int = 0
     server_errors: int = 0
     events_emitted: int = 0
     reconnects: int = 0
 
 
-class _Waiter:
-    """A caller blocked on a presence list reply for one room."""
+class Waiter:
+    """A caller blocked on one reply (a presence list, a lobby snapshot, ...)."""
 
     __slots__ = ("_event", "error", "result")
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self.result: Optional[protocol.PresenceList] = None
+        self.result: Any = None
         self.error: Optional[BaseException] = None
 
-    def resolve(self, result: protocol.PresenceList) -> None:
+    def resolve(self, result: Any) -> None:
         self.result = result
         self._event.set()
 
@@ -85,11 +100,16 @@ class _Waiter:
 
 @attrs.define(slots=True)
 class _Pending:
-    """One getPresence sent on the socket, awaiting its ordered reply."""
+    """One request sent on the socket, awaiting its ordered reply.
 
-    room: Optional[str]
+    `key` is ("room", slug-or-None) for getPresence, ("lobby", slug) for lobbySubscribe and
+    getLobbyPresence, ("unsubscribe", slug) for lobbyUnsubscribe. `waiter` is None for the
+    client's own syncs.
+    """
+
+    key: tuple[str, Optional[str]]
     mark: int
-    waiter: Optional[_Waiter]
+    waiter: Optional[Waiter]
 
 
 def _server_exception(frame: protocol.ErrorFrame) -> ServerError:
@@ -170,9 +190,17 @@ class NoLag:
         self.options = attrs.evolve(options, **kwargs) if options else NoLagOptions(**kwargs)
         self._token = token
         self._number = next(_client_numbers)
-        self._pid = os.getpid()
+        self._events = Registry()
+        self._rooms: dict[str, Room] = {}
+        self._lobbies: dict[str, Lobby] = {}
+        self._setup()
+        _live_clients.add(self)
 
+    def _setup(self) -> None:
+        """Fresh locks, threads' state, cache and connection state (also after a fork)."""
+        self._pid = os.getpid()
         self._lock = threading.RLock()  # state, store, own presence, pending replies
+        self._changed = threading.Condition(self._lock)  # notified when the cache changes
         self._io_lock = threading.Lock()  # keeps pending-reply order equal to send order
         self._closing = threading.Event()
         self._disconnected = threading.Event()
@@ -180,25 +208,32 @@ class NoLag:
         self._state = ConnectionState.DISCONNECTED
         self._transport: Optional[Transport] = None
         self._reader: Optional[threading.Thread] = None
-        self._heartbeat: Optional[threading.Thread] = None
-
         self._store = PresenceStore()
-        self._events = Registry()
         self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events)
-        self._rest = RestClient(self.options.derived_rest_url(), token)
+        self._scheduler = Scheduler(f"nolag-heartbeat-{self._number}")
+        self._rest = RestClient(self.options.derived_rest_url(), self._token)
         self._rest_available: Optional[bool] = None
         self.stats = ClientStats()
-
         self._actor_id: Optional[str] = None
         self._project_id: Optional[str] = None
         self._actor_type: Optional[str] = None
+        # own presence: what we want shown, and what this connection has sent
         self._own_room: Optional[tuple[str, dict[str, Any]]] = None
         self._own_project: Optional[dict[str, Any]] = None
+        self._sent_room: Optional[tuple[str, dict[str, Any]]] = None
+        self._sent_project: Optional[dict[str, Any]] = None
+        self._bucket: Optional[TokenBucket] = None
+        self._flush_timer: Optional[TimerHandle] = None
+        self._heartbeat_timer: Optional[TimerHandle] = None
+        self._last_heartbeat = 0.0
+        # the room this socket is in, as far as events without a roomId are concerned
         self._socket_room: Optional[str] = None
+        self._room_confirmed = False  # our own event for _socket_room has arrived
         self._stale_room_leaves = 0  # own leaves still due from rooms we switched away from
+        self._quiet_errors: collections.Counter[tuple[str, Optional[str]]] = collections.Counter()
+        self._lobby_alias: dict[str, str] = {}  # a broker's internal lobby id -> our slug
         self._pending: collections.deque[_Pending] = collections.deque()
         self._fork_pending = False  # set in a forked child that must reconnect on first use
-        _live_clients.add(self)
         # socket reads wake this often; a write blocked this long drops the connection
         self._io_timeout = max(1.0, min(5.0, self.options.heartbeat_interval))
 
@@ -232,7 +267,8 @@ class NoLag:
     @property
     def room(self) -> Optional[str]:
         """The room this client's presence is in (one room per connection), if any."""
-        return self._own_room[0] if self._own_room else None
+        own = self._own_room
+        return own[0] if own else None
 
     def __repr__(self) -> str:
         return f"<NoLag #{self._number} {self._state.value} actor={self._actor_id!r}>"
@@ -264,37 +300,46 @@ class NoLag:
                 self._disconnected.set()
             raise
         self._dispatcher.start()
-        self._on_open(transport, auth, reconnected=False)
-        self._reader = self._thread("reader", self._run_reader)
-        self._heartbeat = self._thread("heartbeat", self._run_heartbeat)
+        self._on_open(transport, auth, "connect")
+        self._reader = threading.Thread(
+            target=self._run_reader, name=f"nolag-reader-{self._number}", daemon=True
+        )
+        self._reader.start()
+        tick = min(1.0, self.options.heartbeat_interval / 4)
+        self._last_heartbeat = time.monotonic()
+        self._heartbeat_timer = self._scheduler.call_every(tick, self._heartbeat)
         return self
 
     def disconnect(self, timeout: float = 5.0) -> None:
         """Close the connection, stop every thread, clear the cache and forget own presence.
 
-        Safe to call twice, and from inside a callback. In a forked child it only forgets
-        the parent's connection.
+        Lobby subscriptions end too. Safe to call twice, and from inside a callback. In a
+        forked child it only forgets the parent's connection.
         """
         if os.getpid() != self._pid:
             self._reset_after_fork()
         self._fork_pending = False
         self._closing.set()
-        with self._lock:
+        with self._changed:
             was = self._state
             self._state = ConnectionState.DISCONNECTED
             transport, self._transport = self._transport, None
             self._fail_pending(ConnectionClosedError("the client disconnected"))
             self._store.reset()
+            for lobby in self._lobbies.values():
+                lobby._forget()
             self._own_room = self._own_project = None  # a later connect() starts afresh
+            self._sent_room = self._sent_project = None
             self._socket_room = None
             self._stale_room_leaves = 0
+            self._changed.notify_all()
         if transport is not None:
             transport.close(timeout=min(timeout, 2.0))
         deadline = time.monotonic() + timeout
-        for thread in (self._reader, self._heartbeat):
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-        self._reader = self._heartbeat = None
+        self._scheduler.stop(max(0.0, deadline - time.monotonic()))
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(max(0.0, deadline - time.monotonic()))
         if was is not ConnectionState.DISCONNECTED:
             self._emit("disconnect", "client disconnected")
         self._dispatcher.stop(max(0.1, deadline - time.monotonic()))
@@ -302,6 +347,20 @@ class NoLag:
         self._disconnected.set()
 
     close = disconnect
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the client is disconnected (or `timeout` passes); True if it was.
+
+        Ctrl-C interrupts it as usual; it installs no signal handler, so it is safe in
+        threads, Django and Flask. For scripts: ``client.connect(); ...; client.wait()``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._disconnected.is_set():
+            remaining = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if remaining <= 0:
+                return False
+            self._disconnected.wait(remaining)  # short waits keep KeyboardInterrupt prompt
+        return True
 
     def __enter__(self) -> NoLag:
         if not self.connected:
@@ -331,6 +390,36 @@ class NoLag:
         """Unregister one callback, or every callback of the event when handler is None."""
         self._events.off(event, handler)
 
+    # ------------------------------------------------------------ contexts
+
+    def set_app(self, app: str) -> App:
+        """A fluent context for an app: ``client.set_app("demo").set_room("general")``."""
+        from nolag.rooms import App
+
+        return App(self, app)
+
+    def set_room(self, room: str) -> Room:
+        """The context of one room: its presence, its members and its events."""
+        from nolag.rooms import Room
+
+        room = self._room_name(room)
+        with self._lock:
+            context = self._rooms.get(room)
+            if context is None:
+                context = self._rooms[room] = Room(self, room)
+            return context
+
+    def set_lobby(self, lobby: str) -> Lobby:
+        """The context of one lobby: presence across its rooms, seen without joining them."""
+        from nolag.rooms import Lobby
+
+        lobby = self._room_name(lobby, "lobby")
+        with self._lock:
+            context = self._lobbies.get(lobby)
+            if context is None:
+                context = self._lobbies[lobby] = Lobby(self, lobby)
+            return context
+
     # ------------------------------------------------------------ presence
 
     def set_presence(self, data: Mapping[str, Any], room: Optional[str] = None) -> None:
@@ -339,45 +428,51 @@ class NoLag:
         Raises TypeError (naming the key) for data that is not a mapping of JSON-like values,
         bytes included, and ValueError past options.max_presence_bytes — before sending anything.
         A connection holds presence in one room at a time: a new room replaces the old one.
-        Called before connect() or while reconnecting, it is sent as soon as connected.
+        Bursts are coalesced (latest wins) to at most options.max_presence_rate frames a
+        second. Called before connect() or while reconnecting, it is sent once connected.
         """
         self._check_fork()
+        if self.options.observer:
+            raise NoLagError("this client is an observer (observer=True): it never sets presence")
         plain, _ = protocol.validate_presence_data(data, self.options.max_presence_bytes)
         room = self._room_arg(room)
-        with self._io_lock:
-            with self._lock:
-                if room is None:
-                    self._own_project = plain
-                else:
-                    self._own_room = (room, plain)
-                transport = self._transport if self.connected else None
-                sync = self._enter_room(room) if transport is not None else None
-            if transport is not None:
-                self._send(transport, protocol.encode_presence(plain, room))
-                if sync is not None:
-                    self._send(transport, protocol.encode_get_presence(sync.room))
+        with self._lock:
+            if room is None:
+                self._own_project = plain
+            else:
+                self._own_room = (room, plain)
+        self._flush()
 
     def clear_presence(self, room: Optional[str] = None) -> None:
-        """Withdraw this client's presence data (sends empty data) and stop re-sending it.
+        """Leave: withdraw this client's presence so that others see a presence:leave.
 
-        Without a room it clears both the room presence and the project-level presence.
+        Without a room it withdraws both the room presence and the project-level presence.
+        The protocol has no leave frame, so when presence was already sent the client
+        reopens its connection without it (the broker then broadcasts the leave); lobby
+        subscriptions and any presence kept are restored on the new connection at once.
         """
         self._check_fork()
-        with self._io_lock:
-            with self._lock:
-                targets: list[Optional[str]] = []
-                if room is None or room == self.room:
-                    if self._own_room is not None:
-                        targets.append(self._own_room[0])
-                    self._own_room = None
-                if room is None:
-                    if self._own_project is not None:
-                        targets.append(None)
-                    self._own_project = None
-                transport = self._transport if self.connected else None
-            if transport is not None:
-                for target in targets:
-                    self._send(transport, protocol.encode_clear_presence(target))
+        with self._lock:
+            announced = False
+            if room is None or room == self.room:
+                announced |= self._sent_room is not None
+                self._own_room = None
+            if room is None:
+                announced |= self._sent_project is not None
+                self._own_project = None
+            cycle = announced and self.connected
+        if cycle:
+            self._cycle_connection()
+
+    def own_presence(self, room: Optional[str] = None) -> Optional[Mapping[str, Any]]:
+        """The presence this client asked to show in `room` (default room or project), or None."""
+        room = self._room_arg(room)
+        with self._lock:
+            if room is None:
+                own = self._own_project
+            else:
+                own = self._own_room[1] if self._own_room and self._own_room[0] == room else None
+            return None if own is None else freeze(own)
 
     def get_all_presence(self, room: Optional[str] = None) -> Sequence[ActorPresence]:
         """Everyone in the local cache (one entry per actor and room), or one room's members.
@@ -395,6 +490,48 @@ class NoLag:
         self._check_fork()
         with self._lock:
             return self._store.get(actor_id, room)
+
+    def presence_count(self, room: Optional[str] = None) -> int:
+        """How many actors (not sockets) the cache holds, in `room` or everywhere."""
+        self._check_fork()
+        with self._lock:
+            return self._store.count(room)
+
+    def wait_for_presence(
+        self,
+        actor: Union[str, Callable[[ActorPresence], bool]],
+        timeout: float = 10.0,
+        room: Optional[str] = None,
+    ) -> ActorPresence:
+        """Block until the cache holds an actor (by id, or one matching a predicate).
+
+        Raises PresenceTimeoutError after `timeout` seconds. Handy in scripts and tests:
+        ``client.wait_for_presence("bob")`` or
+        ``client.wait_for_presence(lambda a: a.presence.get("status") == "away")``.
+        """
+        match: Callable[[ActorPresence], bool]
+        if isinstance(actor, str):
+            actor_id = actor
+
+            def match(a: ActorPresence) -> bool:
+                return a.actor_token_id == actor_id
+
+        elif callable(actor):
+            match = actor
+        else:
+            raise TypeError(f"actor must be an actor id or a predicate, not {type(actor).__name__}")
+        timeout = self._timeout(timeout, 10.0, "timeout")
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                people = self._store.snapshot(room) if room is not None else self._store.snapshot()
+                for person in people:
+                    if match(person):
+                        return person
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PresenceTimeoutError(f"no matching presence within {timeout:.1f}s")
+                self._changed.wait(remaining)
 
     def fetch_presence(
         self, room: Optional[str] = None, timeout: Optional[float] = None
@@ -420,7 +557,13 @@ class NoLag:
                 self._rest_available = True
                 self._refresh_cache(room)
                 return merge_entries(entries, room)
-        reply = self._request_list_and_wait(room, max(0.0, deadline - time.monotonic()), timeout)
+        reply = self._request(
+            ("room", room),
+            protocol.encode_get_presence(room),
+            max(0.0, deadline - time.monotonic()),
+            f"presence list of room {room!r}",
+        )
+        assert isinstance(reply, protocol.PresenceList)
         return merge_entries(reply.entries, room)
 
     # ------------------------------------------------------------ internals: connection
@@ -455,8 +598,11 @@ class NoLag:
             transport.close(timeout=1.0)  # a refused socket stays open on the broker: close it
             raise
 
-    def _on_open(self, transport: Transport, auth: protocol.AuthOk, reconnected: bool) -> None:
-        """Adopt a fresh authenticated connection: re-send own presence and resync the cache."""
+    def _on_open(self, transport: Transport, auth: protocol.AuthOk, event: Optional[str]) -> None:
+        """Adopt a fresh authenticated connection: resync the cache, restore lobbies, flush.
+
+        `event` is the lifecycle event to emit (connect / reconnect), None for a silent swap.
+        """
         with self._io_lock:
             with self._lock:
                 self._transport = transport
@@ -465,28 +611,69 @@ class NoLag:
                 self._actor_type = auth.actor_type
                 self._state = ConnectionState.CONNECTED
                 self._socket_room = None
+                self._room_confirmed = False
                 self._stale_room_leaves = 0
+                self._sent_room = self._sent_project = None
+                self._quiet_errors.clear()
+                self._bucket = self._make_bucket(auth)
                 frames: list[bytes] = []
-                if self._own_project is not None:
-                    frames.append(protocol.encode_presence(self._own_project, None))
-                if self._own_room is not None:
-                    own_room, data = self._own_room
-                    frames.append(protocol.encode_presence(data, own_room))
-                    self._socket_room = own_room
-                syncs: list[Optional[str]] = []
                 if self.options.sync_on_join:
-                    syncs = [None] if self._socket_room is None else [None, self._socket_room]
-                    for sync in syncs:
-                        self._pending.append(_Pending(sync, self._store.mark(), None))
-                for stale in [
-                    r for r in self._store.rooms() if r is not None and r != self._socket_room
-                ]:
+                    self._pending.append(_Pending(("room", None), self._store.mark(), None))
+                    frames.append(protocol.encode_get_presence(None))
+                keep = self._own_room[0] if self._own_room else None
+                for stale in [r for r in self._store.rooms() if r is not None and r != keep]:
                     self._emit_all(self._store.drop_room(stale))
-                self._emit("reconnect" if reconnected else "connect")
+                for slug, lobby in self._lobbies.items():
+                    if lobby.subscribed:
+                        self._pending.append(_Pending(("lobby", slug), 0, None))
+                        frames.append(protocol.encode_lobby_subscribe(slug))
+                        self._pending.append(_Pending(("lobby", slug), 0, None))
+                        frames.append(protocol.encode_get_lobby_presence(slug))
+                if event is not None:
+                    self._emit(event)
             for frame in frames:
                 self._send(transport, frame)
-            for sync in syncs:
-                self._send(transport, protocol.encode_get_presence(sync))
+        self._flush()
+
+    def _make_bucket(self, auth: protocol.AuthOk) -> Optional[TokenBucket]:
+        """The presence send budget: our option, under the server's rate when it says one."""
+        rate = self.options.max_presence_rate
+        server = auth.rate_limit
+        if server is not None and server > 0:
+            # leave room for list requests and lobby frames, which count on the server too
+            rate = min(rate, server * 0.8) if rate is not None else server * 0.8
+        if rate is None:
+            return None
+        return TokenBucket(rate, max(1.0, rate / 2), time.monotonic())
+
+    def _cycle_connection(self) -> None:
+        """Replace the connection with a fresh one (the broker sends our leaves for the old)."""
+        try:
+            transport, auth = self._open(self.options.connect_timeout, reconnect=True)
+        except AuthenticationError as err:
+            self._emit("error", err)
+            old = self._transport
+            if old is not None:
+                old.abort()  # the reader reports the loss and stops on the refusal
+            return
+        except (ConnectionError, OSError) as err:
+            log.info("nolag: could not reopen the connection: %s", err)
+            old = self._transport
+            if old is not None:
+                old.abort()  # the reader reconnects with backoff, without the presence
+            return
+        with self._lock:
+            old = self._transport
+            self._fail_pending(ConnectionClosedError("the connection was reopened"))
+            self._emit_all(self._store.drop_room(self._socket_room))
+            if self._own_project is None:
+                self._emit_all(self._store.drop_room(None))
+        if self._closing.is_set():
+            transport.close(timeout=1.0)
+            return
+        self._on_open(transport, auth, None)
+        if old is not None:
+            old.close(timeout=1.0)
 
     def _run_reader(self) -> None:
         """Own the connection: read frames until disconnect(), reconnecting on a loss."""
@@ -501,6 +688,8 @@ class NoLag:
             except ConnectionClosedError as exc:
                 if self._closing.is_set():
                     break
+                if self._transport is not transport and self._transport is not None:
+                    continue  # swapped for a new connection (clear_presence); read that one
                 if not self._recover(exc):
                     break
                 continue
@@ -510,7 +699,8 @@ class NoLag:
                 if self._closing.is_set() or not self._recover(ConnectionClosedError(str(exc))):
                     break
                 continue
-            self._handle(payload)
+            if transport is self._transport:
+                self._handle(payload)
 
     def _recover(self, exc: ConnectionClosedError) -> bool:
         """After an unexpected loss: reconnect with backoff. False when giving up."""
@@ -550,7 +740,7 @@ class NoLag:
                 transport.close(timeout=1.0)
                 return False
             self.stats.reconnects += 1
-            self._on_open(transport, auth, reconnected=True)
+            self._on_open(transport, auth, "reconnect")
             return True
         return False  # pragma: no cover - itertools.count never ends
 
@@ -560,26 +750,80 @@ class NoLag:
             self._emit("error", error)
         self._disconnected.set()
 
-    def _run_heartbeat(self) -> None:
-        """Send a heartbeat every interval; abort a connection silent for two intervals."""
+    def _heartbeat(self) -> None:
+        """Timer tick: heartbeat every interval; drop a connection silent for two intervals."""
+        transport = self._transport
+        if transport is None or not self.connected:
+            return
         interval = self.options.heartbeat_interval
-        tick = min(1.0, interval / 4)
-        silence_limit = 2 * interval + min(5.0, interval / 2)
-        last_sent = time.monotonic()
-        while not self._closing.wait(tick):
-            transport = self._transport
-            if transport is None or not self.connected:
-                if self._disconnected.is_set():
+        now = time.monotonic()
+        if now - transport.last_received > 2 * interval + min(5.0, interval / 2):
+            log.warning("nolag: no frame from the server for %.1fs; reconnecting", 2 * interval)
+            transport.abort()
+            return
+        if now - self._last_heartbeat >= interval:
+            self._last_heartbeat = now
+            self._send(transport, protocol.HEARTBEAT)
+
+    # ------------------------------------------------------------ internals: own presence
+
+    def _flush(self) -> None:
+        """Send the own presence that differs from what this connection sent, within budget."""
+        with self._io_lock:
+            with self._lock:
+                transport = self._transport if self.connected else None
+                if transport is None:
                     return
-                continue
-            now = time.monotonic()
-            if now - transport.last_received > silence_limit:
-                log.warning("nolag: no frame for %.1fs; dropping the connection", silence_limit)
-                transport.abort()
-                continue
-            if now - last_sent >= interval:
-                last_sent = now
-                self._send(transport, protocol.HEARTBEAT)
+                frames: list[bytes] = []
+                now = time.monotonic()
+                for slot in ("project", "room"):
+                    want: Any = self._own_project if slot == "project" else self._own_room
+                    sent: Any = self._sent_project if slot == "project" else self._sent_room
+                    if want is None or want == sent:
+                        continue
+                    if self._bucket is not None and not self._bucket.take(now):
+                        self._schedule_flush(self._bucket.wait_time(now))
+                        break
+                    self.stats.presence_sent += 1
+                    if slot == "project":
+                        self._sent_project = want
+                        frames.append(protocol.encode_presence(want, None))
+                        continue
+                    room, data = want
+                    self._sent_room = want
+                    frames.append(protocol.encode_presence(data, room))
+                    if self._enter_room(room):
+                        frames.append(protocol.encode_get_presence(room))
+            for frame in frames:
+                self._send(transport, frame)
+
+    def _schedule_flush(self, delay: float) -> None:
+        """Flush again once the budget allows (one timer at a time); lock held."""
+        self.stats.presence_coalesced += 1
+        if self._flush_timer is None or self._flush_timer.cancelled:
+            self._flush_timer = self._scheduler.call_later(delay, self._flush_from_timer)
+
+    def _flush_from_timer(self) -> None:
+        with self._lock:
+            self._flush_timer = None
+        self._flush()
+
+    def _enter_room(self, room: str) -> bool:
+        """Bookkeeping when our presence goes to `room` (lock held); True: sync its list."""
+        if room == self._socket_room:
+            return False
+        if self._socket_room is not None:
+            self._emit_all(self._store.drop_room(self._socket_room))
+            if self._room_confirmed:
+                self._stale_room_leaves += 1
+        self._socket_room = room
+        self._room_confirmed = False
+        if not self.options.sync_on_join:
+            return False
+        self._pending.append(_Pending(("room", room), self._store.mark(), None))
+        if self._bucket is not None:
+            self._bucket.spend(time.monotonic())
+        return True
 
     # ------------------------------------------------------------ internals: frames
 
@@ -587,16 +831,27 @@ class NoLag:
         """Decode one frame and apply it; runs on the reader thread, never runs user code."""
         self.stats.frames_received += 1
         frame = protocol.decode_frame(payload)
-        with self._lock:
+        with self._changed:
+            version = self._store.version
             if isinstance(frame, protocol.PresenceEvent):
                 self._apply_event(frame)
             elif isinstance(frame, protocol.PresenceList):
                 self._apply_list(frame)
+            elif isinstance(frame, protocol.LobbyPresence):
+                self._apply_lobby_event(frame)
+            elif isinstance(frame, protocol.LobbySnapshot):
+                self._apply_lobby_snapshot(frame)
+            elif isinstance(frame, protocol.LobbyUnsubscribed):
+                pending = self._pop_pending(("unsubscribe", frame.lobby_id))
+                if pending is not None and pending.waiter is not None:
+                    pending.waiter.resolve(frame)
             elif isinstance(frame, protocol.ErrorFrame):
                 self._apply_error(frame)
             elif isinstance(frame, protocol.ProtocolError):
                 self.stats.protocol_errors += 1
                 log.debug("nolag: ignored a bad frame: %s", frame.reason)
+            if self._store.version != version:
+                self._changed.notify_all()
 
     def _apply_event(self, event: protocol.PresenceEvent) -> None:
         if event.room_given:
@@ -610,10 +865,12 @@ class NoLag:
             room = self._socket_room
         if room is not None and room != self._socket_room:
             return  # a room we are no longer in; its cache was dropped
+        if room is not None and event.actor_token_id == self._actor_id and event.kind != "leave":
+            self._room_confirmed = True
         self._emit_all(self._store.apply_event(event, room, time.monotonic()))
 
     def _apply_list(self, reply: protocol.PresenceList) -> None:
-        pending = self._pop_pending(reply.room)
+        pending = self._pop_pending(("room", reply.room))
         if pending is None:
             return
         if pending.waiter is not None:
@@ -622,19 +879,95 @@ class NoLag:
             events = self._store.apply_list(reply, reply.room, pending.mark, time.monotonic())
             self._emit_all(events)
 
+    def _lobby_for(self, lobby_id: str, room: Optional[str]) -> Optional[Lobby]:
+        """The subscribed lobby an event belongs to; the real broker names lobbies by an
+        internal id, not the slug we subscribed with, so learn that alias once."""
+        slug = self._lobby_alias.get(lobby_id, lobby_id)
+        lobby = self._lobbies.get(slug)
+        if lobby is not None:
+            return lobby if lobby.subscribed else None
+        candidates = [lb for lb in self._lobbies.values() if lb.subscribed]
+        if len(candidates) > 1 and room is not None:
+            candidates = [lb for lb in candidates if room in lb.known_rooms] or candidates
+        if len(candidates) == 1:
+            self._lobby_alias[lobby_id] = candidates[0].slug
+            return candidates[0]
+        return None
+
+    def _apply_lobby_event(self, event: protocol.LobbyPresence) -> None:
+        lobby = self._lobby_for(event.lobby_id, event.room)
+        if lobby is not None:
+            self._emit_to(lobby._events, lobby._store.apply_event(event))
+
+    def _apply_lobby_snapshot(self, snap: protocol.LobbySnapshot) -> None:
+        pending = self._pop_pending(("lobby", snap.lobby_id))
+        lobby = self._lobbies.get(snap.lobby_id)
+        if lobby is not None and lobby.subscribed:
+            lobby.known_rooms.update(snap.rooms)
+            self._emit_to(lobby._events, lobby._store.apply_snapshot(snap))
+        if pending is not None and pending.waiter is not None:
+            pending.waiter.resolve(snap)
+
     def _apply_error(self, frame: protocol.ErrorFrame) -> None:
         self.stats.server_errors += 1
         error = _server_exception(frame)
-        if frame.room is not None:
-            pending = self._pop_pending(frame.room)
+        target: Optional[tuple[str, Optional[str]]] = None
+        if frame.lobby_id is not None:
+            target = ("lobby", frame.lobby_id)
+        elif frame.room is not None:
+            target = ("room", frame.room)
+        if target is not None and self._quiet_errors[target] > 0:
+            # the reply to our own list request for a room whose refusal we already reported
+            self._quiet_errors[target] -= 1
+            self._pop_pending(target)
+            return
+        refused = (
+            frame.error in _REFUSALS
+            and frame.room is not None
+            and frame.room == self._socket_room
+            and not self._room_confirmed
+        )
+        if refused:
+            assert frame.room is not None
+            self._refuse_room(frame.room)
+        else:
+            if frame.error == "rate_limit_exceeded" and frame.lobby_id is None:
+                self._presence_throttled()
+            pending = self._pop_pending(target) if target is not None else None
             if pending is not None and pending.waiter is not None:
                 pending.waiter.fail(error)
+            elif pending is not None and pending.key[0] == "room":
+                self._resync_later(pending.key[1])
+            elif pending is not None and pending.key[0] == "lobby":
+                lobby = self._lobbies.get(pending.key[1] or "")
+                if lobby is not None and frame.error in _REFUSALS:
+                    lobby._forget()  # a re-subscription refused after a reconnect
         log.info("nolag: server error: %s", error)
         self._emit("error", error)
 
-    def _pop_pending(self, room: Optional[str]) -> Optional[_Pending]:
+    def _refuse_room(self, room: str) -> None:
+        """The server refused our presence in `room`: stop showing and re-sending it."""
+        if self._own_room is not None and self._own_room[0] == room:
+            self._own_room = None
+        self._sent_room = None
+        self._socket_room = None
+        if any(p.key == ("room", room) and p.waiter is None for p in self._pending):
+            self._quiet_errors[("room", room)] += 1  # its list request will be refused too
+
+    def _presence_throttled(self) -> None:
+        """The server dropped a frame over its rate: halve our budget, resend own presence."""
+        self._sent_room = self._sent_project = None
+        rate = self._bucket.rate / 2 if self._bucket is not None else 5.0
+        self._bucket = TokenBucket(max(0.5, rate), 1.0, time.monotonic())
+        self._schedule_flush(1.0 / self._bucket.rate)
+
+    def _resync_later(self, room: Optional[str]) -> None:
+        """Our list request was refused over the rate: ask again a moment later."""
+        self._scheduler.call_later(1.0, self._refresh_cache, room)
+
+    def _pop_pending(self, key: tuple[str, Optional[str]]) -> Optional[_Pending]:
         for pending in self._pending:
-            if pending.room == room:
+            if pending.key == key:
                 self._pending.remove(pending)
                 return pending
         return None
@@ -647,20 +980,6 @@ class NoLag:
 
     # ------------------------------------------------------------ internals: requests
 
-    def _enter_room(self, room: Optional[str]) -> Optional[_Pending]:
-        """Bookkeeping when our presence goes to `room` (lock held); returns a sync to send."""
-        if room is None or room == self._socket_room:
-            return None
-        if self._socket_room is not None:
-            self._emit_all(self._store.drop_room(self._socket_room))
-            self._stale_room_leaves += 1
-        self._socket_room = room
-        if not self.options.sync_on_join:
-            return None
-        pending = _Pending(room, self._store.mark(), None)
-        self._pending.append(pending)
-        return pending
-
     def _refresh_cache(self, room: Optional[str]) -> None:
         """After a REST fetch, reconcile the cache from an ordered socket list (never from HTTP)."""
         with self._io_lock:
@@ -670,29 +989,36 @@ class NoLag:
                 if room is not None and room != self._socket_room:
                     return
                 transport = self._transport
-                self._pending.append(_Pending(room, self._store.mark(), None))
+                self._pending.append(_Pending(("room", room), self._store.mark(), None))
             self._send(transport, protocol.encode_get_presence(room))
 
-    def _request_list_and_wait(
-        self, room: Optional[str], remaining: float, timeout: float
-    ) -> protocol.PresenceList:
-        waiter = _Waiter()
+    def _request(
+        self,
+        key: tuple[str, Optional[str]],
+        frame: bytes,
+        timeout: float,
+        what: str,
+        before: Optional[Callable[[], None]] = None,
+    ) -> Any:
+        """Send one request on the socket and block for its ordered reply (or error)."""
+        waiter = Waiter()
         with self._io_lock:
             with self._lock:
                 transport = self._transport if self.connected else None
                 if transport is None:
-                    raise NotConnectedError("fetch_presence over the socket needs connect() first")
-                pending = _Pending(room, self._store.mark(), waiter)
+                    raise NotConnectedError(f"the {what} needs a connection: call connect() first")
+                if before is not None:
+                    before()
+                pending = _Pending(key, self._store.mark(), waiter)
                 self._pending.append(pending)
-            self._send(transport, protocol.encode_get_presence(room))
-        if not waiter.wait(remaining):
+            self._send(transport, frame)
+        if not waiter.wait(timeout):
             with self._lock:
                 if pending in self._pending:
                     self._pending.remove(pending)
-            raise PresenceTimeoutError(f"no presence list for room {room!r} within {timeout:.1f}s")
+            raise PresenceTimeoutError(f"no answer for the {what} within {timeout:.1f}s")
         if waiter.error is not None:
             raise waiter.error
-        assert waiter.result is not None
         return waiter.result
 
     def _send(self, transport: Transport, payload: bytes) -> None:
@@ -704,6 +1030,15 @@ class NoLag:
             return
         self.stats.frames_sent += 1
 
+    def _send_now(self, frame: bytes) -> bool:
+        """Send a frame if connected (lobby unsubscribe and the like); False if not."""
+        with self._io_lock:
+            transport = self._transport if self.connected else None
+            if transport is None:
+                return False
+            self._send(transport, frame)
+            return True
+
     # ------------------------------------------------------------ internals: helpers
 
     def _emit(self, event: str, *args: Any) -> None:
@@ -713,19 +1048,26 @@ class NoLag:
         for event in events:
             self.stats.events_emitted += 1
             self._dispatcher.emit(self._events, event.name, event.actor)
+            context = self._rooms.get(event.room) if event.room is not None else None
+            if context is not None:
+                self._dispatcher.emit(context._events, event.name, event.actor)
 
-    def _thread(self, role: str, target: Callable[[], None]) -> threading.Thread:
-        thread = threading.Thread(target=target, name=f"nolag-{role}-{self._number}", daemon=True)
-        thread.start()
-        return thread
+    def _emit_to(self, registry: Registry, events: Sequence[PublicEvent]) -> None:
+        for event in events:
+            self.stats.events_emitted += 1
+            self._dispatcher.emit(registry, event.name, event.actor)
 
     def _room_arg(self, room: Optional[str]) -> Optional[str]:
         if room is None:
             return self.options.default_room
+        return self._room_name(room)
+
+    @staticmethod
+    def _room_name(room: Any, what: str = "room") -> str:
         if not isinstance(room, str):
-            raise TypeError(f"room must be a str, not {type(room).__name__}")
+            raise TypeError(f"{what} must be a str, not {type(room).__name__}")
         if not room:
-            raise ValueError("room must be a non-empty str")
+            raise ValueError(f"{what} must be a non-empty str")
         return room
 
     @staticmethod
@@ -757,29 +1099,20 @@ class NoLag:
         """Runs in a forked child: drop every resource shared with the parent, write nothing.
 
         Locks may have been held by parent threads that do not exist here, so they are
-        replaced; the socket descriptor is closed without a byte sent; own presence and
-        handlers are kept so that a reconnect restores them.
+        replaced; the socket descriptor is closed without a byte sent; own presence,
+        handlers and lobby subscriptions are kept so that a reconnect restores them.
         """
         was_active = self._state is not ConnectionState.DISCONNECTED
         if self._transport is not None:
             self._transport.discard()
-        self._pid = os.getpid()
-        self._lock = threading.RLock()
-        self._io_lock = threading.Lock()
-        self._closing = threading.Event()
-        self._disconnected = threading.Event()
-        self._disconnected.set()
-        self._state = ConnectionState.DISCONNECTED
-        self._transport = None
-        self._reader = self._heartbeat = None
-        self._store = PresenceStore()
+        own_room, own_project = self._own_room, self._own_project
         self._events = self._events.copy()
-        self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events)
-        self._rest = RestClient(self.options.derived_rest_url(), self._token)
-        self._pending = collections.deque()
-        self._socket_room = None
-        self._stale_room_leaves = 0
-        self.stats = ClientStats()
+        for context in self._rooms.values():
+            context._events = context._events.copy()
+        for lobby in self._lobbies.values():
+            lobby._after_fork()
+        self._setup()
+        self._own_room, self._own_project = own_room, own_project
         self._fork_pending = was_active
 
 

@@ -114,7 +114,6 @@ class ConnectionState(str, enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
-    CLOSED = "closed"
 
     def __str__(self) -> str:
         return self.value
@@ -185,6 +184,11 @@ class NoLagOptions:
     default_room: Optional[str] = attrs.field(default=None, validator=_opt_str)
     #: client-side limit on the encoded size of presence data, in bytes
     max_presence_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
+    #: most presence frames sent per second (bursts coalesce, latest wins); None: no limit.
+    #: A server that states its rate (the local broker does) lowers it to 80% of that.
+    max_presence_rate: Optional[float] = attrs.field(default=20.0, validator=_positive)
+    #: never announce presence: set_presence() raises (watch through lobbies instead)
+    observer: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: after presence enters a room, fetch that room's list over the socket and reconcile
     sync_on_join: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     reconnect: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))

@@ -66,6 +66,8 @@ class AuthOk:
     actor_type: Optional[str]
     protocol_version: int
     restored_subscriptions: tuple[Any, ...] = ()
+    #: the local broker's extension: the token's message rate (frames/s), when it says
+    rate_limit: Optional[float] = None
 
 
 @attrs.frozen(slots=True)
@@ -211,6 +213,12 @@ def _opt_time(value: Any) -> Optional[float]:
     return seconds / 1000.0 if seconds > 1e11 else seconds
 
 
+def _opt_rate(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def _opt_int(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -256,6 +264,7 @@ def _decode_auth(frame: Mapping[str, Any]) -> Union[AuthOk, AuthRefused]:
             actor_type=_opt_str(_get(frame, "actorType", "actor_type")),
             protocol_version=version if version is not None else 1,
             restored_subscriptions=tuple(restored) if isinstance(restored, list) else (),
+            rate_limit=_opt_rate(_get(frame, "rateLimit", "rate_limit")),
         )
     error = frame.get("error")
     return AuthRefused(error=error if isinstance(error, str) and error else "access_denied")

@@ -3,7 +3,7 @@
 Each transcript's client frames are sent verbatim (from their ``hex``) and every frame
 the real broker sent is expected on the same socket, in the same order, once the local
 broker's compatible extensions are stripped (``roomId`` on events, ``connectionId``,
-``actorType`` in list entries, ``roomId: nil`` on the project-level list). Frames without
+``actorType`` in list entries, ``rateLimit`` in auth replies, ``roomId: nil`` on the project-level list). Frames without
 extensions must match the real broker byte for byte (sorted keys, smallest ints, str).
 Where the local broker deliberately differs (a Kraken defect), an override says what it
 answers instead.
@@ -45,6 +45,8 @@ def strip_extensions(frame: Any) -> Any:
     if not isinstance(frame, dict):
         return frame
     f = copy.deepcopy(frame)
+    if f.get("type") == "auth":
+        f.pop("rateLimit", None)
     if f.get("type") == "presence" and "event" in f:
         f.pop("roomId", None)
         f["data"].pop("connectionId", None)

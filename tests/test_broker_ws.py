@@ -67,6 +67,7 @@ def test_auth_success_shape_and_refusal_keeps_the_socket_open(connect: Connect) 
         "projectId": "demo-project",
         "protocolVersion": 2,
         "restoredSubscriptions": [],
+        "rateLimit": 50.0,  # the local broker's extension
     }
 
 

@@ -189,17 +189,23 @@ def test_snapshot_is_the_same_object_while_nothing_changes(broker: EmbeddedBroke
         assert first[0].presence == {"n": 1}  # the old snapshot did not change under us
 
 
-def test_clear_presence_sends_empty_data_and_is_not_resent(broker: EmbeddedBroker) -> None:
+def test_clear_presence_makes_others_see_a_leave(broker: EmbeddedBroker) -> None:
     with (
         connected(broker.url, TOKENS["alice"]) as alice,
         connected(broker.url, TOKENS["bob"]) as bob,
     ):
+        seen = Recorder(bob)
         bob.set_presence({"watching": True}, room="general")
         alice.set_presence({"name": "A"}, room="general")
         wait_until(lambda: bob.get_presence("alice"))
         alice.clear_presence()
-        wait_until(lambda: dict(bob.get_presence("alice").presence) == {})  # type: ignore[union-attr]
-        assert alice.room is None
+        wait_until(lambda: seen.names("alice") == ["presence:join", "presence:leave"])
+        assert bob.get_presence("alice") is None
+        assert alice.connected and alice.room is None
+        assert alice.get_all_presence("general") == ()  # no longer in the room, nor its cache
+        assert [a.actor_token_id for a in alice.fetch_presence("general")] == ["bob"]
+        alice.set_presence({"name": "A again"}, room="general")  # and back in
+        wait_until(lambda: seen.names("alice")[-1:] == ["presence:join"])
 
 
 @pytest.mark.parametrize(

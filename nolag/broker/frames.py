@@ -40,7 +40,7 @@ def error(name: str, **extra: Any) -> Frame:
 
 
 def auth_ok(identity: Identity, protocol_version: int) -> Frame:
-    """The successful auth reply, exactly as the real broker shapes it."""
+    """The successful auth reply as the real broker shapes it, plus ``rateLimit``."""
     return {
         "type": "auth",
         "success": True,
@@ -49,6 +49,8 @@ def auth_ok(identity: Identity, protocol_version: int) -> Frame:
         "projectId": identity.project_id,
         "protocolVersion": protocol_version,
         "restoredSubscriptions": [],
+        # extension: the token's message rate, so clients can pace themselves under it
+        "rateLimit": identity.rate_limit,
     }
 
 
