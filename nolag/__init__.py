@@ -12,31 +12,46 @@ from nolag.errors import (
     RateLimitError,
     ServerError,
 )
-from nolag.models import ActorPresence, ConnectionState, LobbyPresenceEvent, NoLagOptions
+from nolag.models import ActorPresence, ConnectionState, NoLagOptions
 
 __all__ = [
     "ActorPresence",
+    "App",
     "AuthenticationError",
+    "ClientStats",
     "ConnectionClosedError",
     "ConnectionError",
     "ConnectionState",
     "ForbiddenError",
-    "LobbyPresenceEvent",
+    "Lobby",
     "NoLag",
     "NoLagError",
     "NoLagOptions",
     "NotConnectedError",
     "PresenceTimeoutError",
     "RateLimitError",
+    "Room",
     "ServerError",
+    "TypingIndicator",
     "__version__",
 ]
 
 
+_LAZY = {
+    "NoLag": "nolag.client",
+    "ClientStats": "nolag.client",
+    "App": "nolag.rooms",
+    "Room": "nolag.rooms",
+    "Lobby": "nolag.rooms",
+    "TypingIndicator": "nolag.typing_indicator",
+}
+
+
 def __getattr__(name: str) -> object:
     """Import the client lazily so `import nolag` stays cheap and cycle-free."""
-    if name == "NoLag":
-        from nolag.client import NoLag
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nolag' has no attribute {name!r}")
+    import importlib
 
-        return NoLag
-    raise AttributeError(f"module 'nolag' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

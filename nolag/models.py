@@ -13,7 +13,6 @@ __all__ = [
     "ActorPresence",
     "ConnectionState",
     "FrozenDict",
-    "LobbyPresenceEvent",
     "NoLagOptions",
     "freeze",
     "thaw",
@@ -117,16 +116,6 @@ class ConnectionState(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-@attrs.frozen(slots=True)
-class LobbyPresenceEvent:
-    """A presence change seen through a lobby: which room, which actor, what happened."""
-
-    kind: str
-    lobby: str
-    room: str
-    actor: ActorPresence
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

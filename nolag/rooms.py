@@ -228,6 +228,7 @@ class Lobby(_Contextual):
     def _forget(self) -> None:
         """Unsubscribed or disconnected: drop the cache silently (lock held)."""
         self.subscribed = False
+        self.known_rooms.clear()
         self._store.reset()
 
     def _after_fork(self) -> None:
