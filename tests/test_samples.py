@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import TOKENS, connected, wait_until
 
+from nolag import NoLag
 from nolag.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,3 +156,113 @@ def test_cli_help_and_usage_errors() -> None:
     bad = _run("-m", "nolag", "demo", "--actors", "0")
     assert bad.returncode == 2 and "actors" in bad.stderr
     assert _run("-m", "nolag").returncode == 2
+
+
+@pytest.mark.parametrize("sample", ["chat_room.py", "lobby_dashboard.py"])
+def test_room_samples_have_help(sample: str) -> None:
+    result = _run(str(SAMPLES / sample), "--help")
+    assert result.returncode == 0
+    assert "--token" in result.stdout
+
+
+def test_chat_room_shows_typing_then_the_message(broker_process: str) -> None:
+    with connected(broker_process, TOKENS["carol"]) as carol:
+        carol.set_presence({"username": "Carol"}, room="general")
+        seen: list[tuple[object, object]] = []
+        carol.on(
+            "presence:update",
+            lambda a: (
+                seen.append((a.presence.get("isTyping"), a.presence.get("said")))
+                if a.actor_token_id == "dave"
+                else None
+            ),
+        )
+        chat = subprocess.Popen(
+            [
+                sys.executable,
+                str(SAMPLES / "chat_room.py"),
+                "--url",
+                broker_process,
+                "--token",
+                TOKENS["dave"],
+                "--name",
+                "Dave",
+                "--idle",
+                "5",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        try:
+            assert chat.stdin is not None and chat.stdout is not None
+            assert "in room 'general' as Dave" in chat.stdout.readline()
+            chat.stdin.write("hello there\n")
+            chat.stdin.flush()
+            wait_until(lambda: (False, "hello there") in seen, timeout=10)
+            assert seen.index((True, None)) < seen.index((False, "hello there"))
+            chat.stdin.write("/quit\n")
+            chat.stdin.flush()
+            out, err = chat.communicate(timeout=15)
+        finally:
+            chat.kill()
+            chat.wait(5)
+        assert chat.returncode == 0, err
+        assert "Carol" not in out or "is typing" not in out  # only others' changes are shown
+
+
+def test_lobby_dashboard_lists_people_across_rooms(broker_process: str) -> None:
+    bob = NoLag(TOKENS["bob"], url=broker_process)
+    dash = None
+    try:
+        bob.connect(timeout=5)
+        bob.set_presence({"username": "Bob", "status": "online"}, room="random")
+        bob.wait_for_presence("bob", timeout=5)
+        dash = subprocess.Popen(
+            [
+                sys.executable,
+                str(SAMPLES / "lobby_dashboard.py"),
+                "--url",
+                broker_process,
+                "--token",
+                TOKENS["carol"],
+                "--duration",
+                "4",
+                "--plain",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        assert dash.stdout is not None
+        first = [dash.stdout.readline() for _ in range(3)]
+        assert "random (1)" in "".join(first)
+        bob.set_presence({"username": "Bob", "status": "away"}, room="random")
+        time.sleep(0.5)
+        bob.disconnect()
+        out, err = dash.communicate(timeout=20)
+    finally:
+        bob.disconnect()
+        if dash is not None:
+            dash.kill()
+            dash.wait(5)
+    assert dash.returncode == 0, err
+    assert "update random: Bob {'status': 'away', 'username': 'Bob'}" in out
+    assert "leave  random: Bob" in out
+
+
+def test_lobby_dashboard_refused_lobby_is_one_line(broker_process: str) -> None:
+    result = _run(
+        str(SAMPLES / "lobby_dashboard.py"),
+        "--url",
+        broker_process,
+        "--token",
+        TOKENS["erin"],
+        "--duration",
+        "1",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "lobby_dashboard: the token may not watch lobby 'main'"
