@@ -1,18 +1,36 @@
-"""The `nolag` console script: `nolag demo`, `nolag broker`."""
+"""The `nolag` console script: `nolag presence ...`, `nolag demo`, `nolag broker`.
+
+Errors are one line on stderr (no traceback); exit codes: 0 ok, 1 runtime error (bad
+token, unreachable server, refused room), 2 usage error (bad or missing arguments).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
 import sys
-from collections.abc import Sequence
-from typing import Optional
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn, Optional, TextIO
 
 from nolag._version import __version__
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+EXIT_CODES = "exit codes: 0 ok, 1 error (bad token, unreachable server), 2 bad arguments"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: '<prog>: error: <what> (...)'."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _positive(text: str) -> float:
@@ -26,13 +44,14 @@ def _positive(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nolag",
         description="NoLag realtime presence from Python: a demo, a local broker, and tools.",
-        epilog="exit codes: 0 ok, 1 error (bad token, unreachable server), 2 bad arguments",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"nolag-sync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _presence_parser(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -40,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Start an embedded local broker on a free loopback port, let a few "
         "simulated actors join, change status, type and leave, and show who is online live. "
         "Needs no token and no network.",
+        epilog=EXIT_CODES,
     )
     demo.add_argument("--actors", type=int, default=5, help="simulated people, 1-10 (default 5)")
     demo.add_argument("--duration", type=_positive, help="stop after this many seconds")
@@ -67,6 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "presence":
+        return _presence(args)
     if args.command == "demo":
         if not 1 <= args.actors <= 10:
             parser.error("--actors must be between 1 and 10")
@@ -86,6 +108,341 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             return EXIT_ERROR
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+# ---------------------------------------------------------------- nolag presence
+
+
+def _presence_parser(sub: Any) -> None:
+    """Add `nolag presence list|watch|set` to the top-level subcommands."""
+    from nolag.models import DEFAULT_URL
+
+    common = _Parser(add_help=False)
+    conn = common.add_argument_group("connection")
+    conn.add_argument(
+        "--url",
+        default=os.environ.get("NOLAG_URL") or DEFAULT_URL,
+        help=f"broker WebSocket URL (env NOLAG_URL; default {DEFAULT_URL})",
+    )
+    conn.add_argument(
+        "--token",
+        default=os.environ.get("NOLAG_TOKEN"),
+        help="actor access token (env NOLAG_TOKEN; required)",
+    )
+    conn.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the server (default 10)",
+    )
+    common.add_argument("--room", help="a room (slug); without one, project-level presence")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
+
+    presence = sub.add_parser(
+        "presence",
+        help="list, watch or set presence on a NoLag server",
+        description="List who is online, watch presence change live, or announce your own.",
+        epilog=EXIT_CODES,
+    )
+    verbs = presence.add_subparsers(dest="verb", metavar="VERB")
+    listing = verbs.add_parser(
+        "list",
+        parents=[common],
+        help="print who is online now (the server's list)",
+        description="Ask the server who is online in a room (or project-wide) and print a "
+        "table: who, actor id, type, status, since when, typing.",
+        epilog=EXIT_CODES,
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    watch = verbs.add_parser(
+        "watch",
+        parents=[common],
+        help="show who is online as a live table that redraws in place",
+        description="Show who is online (who, status, since when, typing) and keep the table "
+        "up to date as people join, change and leave. To receive a room's events the watcher "
+        "is present in the room itself, as --name with status 'watching'. Ctrl-C stops.",
+        epilog=EXIT_CODES,
+    )
+    watch.add_argument("--name", default="nolag-cli", help="the name the watcher announces")
+    watch.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    mode = watch.add_mutually_exclusive_group()
+    mode.add_argument("--live", action="store_true", help="redraw in place (default on a terminal)")
+    mode.add_argument(
+        "--plain", action="store_true", help="print one line per event (default otherwise)"
+    )
+    setter = verbs.add_parser(
+        "set",
+        parents=[common],
+        help="announce presence data and stay present until Ctrl-C",
+        description="Announce KEY=VALUE presence data (a VALUE that parses as JSON is used as "
+        "such: 3, true, null, [1,2]; anything else is a string) and stay present until Ctrl-C "
+        "or --duration; presence lasts as long as the connection. Example: nolag presence set "
+        "--room general username=Alice status=online",
+        epilog=EXIT_CODES,
+    )
+    setter.add_argument("data", nargs="+", metavar="KEY=VALUE", help="presence data")
+    setter.add_argument("--duration", type=_positive, metavar="S", help="leave after S seconds")
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """Parse KEY=VALUE words into presence data; VALUE is JSON when it parses, else a string."""
+    data: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        data[key] = value
+    return data
+
+
+class _Fail(Exception):
+    """A presence command failed: `code` is the exit code, the message one line."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _presence(args: argparse.Namespace) -> int:
+    """Run `nolag presence VERB`; every failure ends as one line on stderr and an exit code."""
+    prog = f"nolag presence {args.verb}" if args.verb else "nolag presence"
+    if args.verb is None:
+        print(
+            f"{prog}: error: give a verb: list, watch or set (see '{prog} --help')", file=sys.stderr
+        )
+        return EXIT_USAGE
+    logging.getLogger("nolag").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
+    try:
+        if not args.token:
+            raise _Fail("no token: give --token or set NOLAG_TOKEN", EXIT_USAGE)
+        if args.verb == "list":
+            return _presence_list(args, sys.stdout)
+        if args.verb == "watch":
+            return _presence_watch(args, sys.stdout)
+        return _presence_set(args, sys.stdout)
+    except _Fail as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A NoLag client for the arguments; a bad URL is a usage error."""
+    from nolag.client import NoLag
+
+    try:
+        return NoLag(args.token, url=args.url, connect_timeout=args.timeout, reconnect_max_delay=5)
+    except (TypeError, ValueError) as exc:
+        raise _Fail(str(exc), EXIT_USAGE) from None
+
+
+def _connect(client: Any, args: argparse.Namespace) -> None:
+    """Connect, turning the client's errors into one-line failures."""
+    from nolag.errors import AuthenticationError, NoLagError
+
+    try:
+        client.connect(timeout=args.timeout)
+    except AuthenticationError as exc:
+        raise _Fail(f"token refused by {args.url} ({exc.reason})") from None
+    except NoLagError as exc:
+        raise _Fail(f"cannot reach {args.url}: {exc}") from None
+
+
+def _describe_error(exc: BaseException) -> str:
+    """One line for an error the server or the client reported."""
+    from nolag.errors import AuthenticationError, ForbiddenError
+
+    if isinstance(exc, ForbiddenError):
+        return f"not allowed: {exc}"
+    if isinstance(exc, AuthenticationError):
+        return f"token refused ({exc.reason})"
+    return str(exc) or type(exc).__name__
+
+
+def _presence_list(args: argparse.Namespace, out: TextIO) -> int:
+    from nolag.errors import NoLagError
+
+    client = _client(args)
+    try:
+        _connect(client, args)
+        try:
+            people = client.fetch_presence(args.room, timeout=args.timeout)
+        except NoLagError as exc:
+            raise _Fail(_describe_error(exc)) from None
+    finally:
+        client.disconnect()
+    if args.json:
+        body = {"roomId": args.room, "count": len(people), "online": [p.to_dict() for p in people]}
+        json.dump(body, out, indent=2)
+        out.write("\n")
+    else:
+        where = f"room {args.room!r}" if args.room else "the project"
+        out.write("\n".join(render_table(people)) + f"\n\n{len(people)} online in {where}\n")
+    return EXIT_OK
+
+
+def _name(actor: Any) -> str:
+    data = actor.presence
+    return str(data.get("username") or data.get("name") or actor.actor_token_id)
+
+
+def render_table(
+    people: Sequence[Any], first_seen: Optional[Mapping[str, float]] = None
+) -> list[str]:
+    """Rows of the presence table: who, actor id, type, status, since when, typing."""
+    first_seen = first_seen or {}
+    rows = [
+        f"{'who':<16} {'actor':<16} {'type':<7} {'status':<10} {'since':<9} typing",
+        "-" * 68,
+    ]
+    for actor in sorted(people, key=lambda a: (_name(a).lower(), a.actor_token_id)):
+        data = actor.presence
+        seen = actor.joined_at or first_seen.get(actor.actor_token_id)
+        since = time.strftime("%H:%M:%S", time.localtime(seen)) if seen else "?"
+        typing = "typing…" if data.get("isTyping") else ""
+        status = str(data.get("status", ""))
+        rows.append(
+            f"{_name(actor)[:16]:<16} {actor.actor_token_id[:16]:<16} "
+            f"{(actor.actor_type or '')[:7]:<7} {status[:10]:<10} {since:<9} {typing}".rstrip()
+        )
+    if not people:
+        rows.append("(nobody)")
+    return rows
+
+
+def _presence_watch(args: argparse.Namespace, out: TextIO) -> int:
+    from nolag.errors import AuthenticationError, ConnectionError, ForbiddenError, ServerError
+
+    client = _client(args)
+    live = args.live or (not args.plain and out.isatty())
+    first_seen: dict[str, float] = {}
+    changed = threading.Event()
+    fatal: list[BaseException] = []
+    lock = threading.Lock()
+
+    def line(text: str) -> None:
+        if not live:
+            with lock:
+                out.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+                out.flush()
+
+    def others(actor: Any) -> bool:
+        return bool(actor.actor_token_id != client.actor_id)
+
+    def joined(actor: Any) -> None:
+        first_seen.setdefault(actor.actor_token_id, time.time())
+        if others(actor):
+            line(f"+ {_name(actor)} joined {json.dumps(dict(actor.presence), sort_keys=True)}")
+        changed.set()
+
+    def updated(actor: Any) -> None:
+        if others(actor):
+            line(f"~ {_name(actor)} updated {json.dumps(dict(actor.presence), sort_keys=True)}")
+        changed.set()
+
+    def left(actor: Any) -> None:
+        first_seen.pop(actor.actor_token_id, None)
+        if others(actor):
+            line(f"- {_name(actor)} left")
+        changed.set()
+
+    def error(exc: BaseException) -> None:
+        if isinstance(exc, (AuthenticationError, ConnectionError, ForbiddenError)) or (
+            isinstance(exc, ServerError) and exc.error == "unknown_topic"
+        ):
+            fatal.append(exc)  # the watch cannot go on: say why and stop
+        changed.set()
+
+    client.on("presence:join", joined)
+    client.on("presence:update", updated)
+    client.on("presence:leave", left)
+    client.on("error", error)
+    for event in ("connect", "disconnect", "reconnect", "reconnecting"):
+        client.on(event, lambda *_: changed.set())
+    where = f"room {args.room!r}" if args.room else "the project"
+    try:
+        if args.room:
+            client.set_presence({"username": args.name, "status": "watching"}, room=args.room)
+        _connect(client, args)
+        if not live:
+            line(f"watching {where} on {args.url} as {client.actor_id}; Ctrl-C to stop")
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while deadline is None or time.monotonic() < deadline:
+            if fatal:
+                raise _Fail(_describe_error(fatal[0]))
+            if live:
+                people = [
+                    p
+                    for p in (client.get_all_presence(args.room) if args.room else _project(client))
+                    if others(p)
+                ]
+                width = min(shutil.get_terminal_size((80, 24)).columns, 120)
+                title = f"nolag presence watch — {where} on {args.url} ({client.status})"
+                rows = [title, f"{time.strftime('%H:%M:%S')}  Ctrl-C to stop", ""]
+                rows += render_table(people, first_seen)
+                rows += ["", f"{len(people)} online"]
+                with lock:
+                    out.write("\x1b[H\x1b[2J" + "\n".join(r[:width] for r in rows) + "\n")
+                    out.flush()
+            changed.clear()
+            changed.wait(
+                0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            )
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def _project(client: Any) -> list[Any]:
+    """Project-level members of the cache, one per actor."""
+    seen: dict[str, Any] = {}
+    for actor in client.get_all_presence():
+        if actor.room is None:
+            seen.setdefault(actor.actor_token_id, actor)
+    return list(seen.values())
+
+
+def _presence_set(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        data = parse_assignments(args.data)
+    except ValueError as exc:
+        raise _Fail(str(exc), EXIT_USAGE) from None
+    client = _client(args)
+    errors: list[BaseException] = []
+    client.on("error", errors.append)
+    try:
+        try:
+            client.set_presence(data, room=args.room)
+        except (TypeError, ValueError) as exc:
+            raise _Fail(str(exc), EXIT_USAGE) from None
+        _connect(client, args)
+        deadline = time.monotonic() + args.timeout
+        while client.get_presence(client.actor_id, args.room) is None:  # our own join, echoed
+            if errors:
+                raise _Fail(_describe_error(errors[0]))
+            if time.monotonic() > deadline:
+                raise _Fail(f"the server did not confirm the presence within {args.timeout:g}s")
+            time.sleep(0.02)
+        where = f"room {args.room!r}" if args.room else "the project"
+        out.write(
+            f"present in {where} as {client.actor_id}: {json.dumps(data, sort_keys=True)}"
+            f"; Ctrl-C to leave\n"
+        )
+        out.flush()
+        deadline_end = None if args.duration is None else time.monotonic() + args.duration
+        while deadline_end is None or time.monotonic() < deadline_end:
+            if errors:
+                raise _Fail(_describe_error(errors[0]))
+            time.sleep(0.1)
+    finally:
+        client.disconnect()
+    return EXIT_OK
 
 
 def _broker(argv: list[str]) -> int:
