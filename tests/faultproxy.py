@@ -6,7 +6,7 @@ the network misbehave on demand:
 - ``cut()``: every live connection is reset (RST) both ways at once;
 - ``stall()`` / ``resume()``: live connections stop forwarding in both directions but
   stay open, so each end sees a silent peer (no FIN, no data); new connections are
-  forwarded normally;
+  forwarded normally unless ``stall(new_links=True)``;
 - ``block()`` / ``unblock()``: new connections are accepted and reset at once (refused);
 - ``delay(seconds)``: every chunk is forwarded that much later (latency, not throttling);
 - ``reset_mid_frame()``: the next server→client chunk is forwarded in part, then the
@@ -187,6 +187,7 @@ class FaultProxy:
         self._links: list[Link] = []
         self._lock = threading.Lock()
         self._blocked = threading.Event()
+        self._stall_new = threading.Event()
         self._stopping = threading.Event()
         self._delay = 0.0
         self._reset_armed = False
@@ -257,8 +258,14 @@ class FaultProxy:
             link.join(timeout)
         return len(links)
 
-    def stall(self) -> int:
-        """Stop forwarding on every live connection, keeping it open; returns how many."""
+    def stall(self, new_links: bool = False) -> int:
+        """Stop forwarding on every live connection, keeping it open; returns how many.
+
+        With `new_links`, connections accepted later are stalled too (a server that
+        accepts TCP and then says nothing).
+        """
+        if new_links:
+            self._stall_new.set()
         links = self.live_links()
         for link in links:
             link.stalled.set()
@@ -266,6 +273,7 @@ class FaultProxy:
 
     def resume(self) -> None:
         """Forward again on stalled connections (what they held is delivered)."""
+        self._stall_new.clear()
         for link in self.links:
             link.stalled.clear()
 
@@ -324,6 +332,8 @@ class FaultProxy:
                 sock.settimeout(5.0)  # bounds sendall to a peer that stopped reading
             with self._lock:
                 link = Link(self, len(self._links) + 1, client, server)
+                if self._stall_new.is_set():
+                    link.stalled.set()
                 self._links.append(link)
             self.accepted += 1
             link.start(f"faultproxy-{self.number}")
