@@ -14,53 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import msgpack
 import websocket
+from common import broker
 
 from nolag import ActorPresence, NoLag
 
-ROOT = Path(__file__).resolve().parents[1]
-TOKENS = ROOT / "tests" / "fixtures" / "tokens.json"
 SENDER, RECEIVER = "dev-token-fast", "dev-token-alice"  # fast: no message rate limit
-
-
-@contextmanager
-def broker_process() -> Iterator[str]:
-    """A `nolag broker` subprocess on a free loopback port; yields its WebSocket URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nolag", "broker", "--port", str(port), "--tokens", str(TOKENS)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("broker did not start") from None
-                time.sleep(0.05)
-        yield f"ws://127.0.0.1:{port}/ws"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _pace(rate: float, count: int) -> Iterator[int]:
@@ -79,7 +46,7 @@ def run_nolag(url: str, rate: float, count: int) -> list[float]:
     got: list[float] = []
     done = threading.Event()
     receiver = NoLag(RECEIVER, url=url)
-    sender = NoLag(SENDER, url=url)
+    sender = NoLag(SENDER, url=url, max_presence_rate=None)  # no coalescing: every update
 
     @receiver.on("presence:update")
     def on_update(actor: ActorPresence) -> None:
@@ -166,6 +133,8 @@ def run_bare(url: str, rate: float, count: int) -> list[float]:
 def summary(samples: list[float]) -> dict[str, float]:
     """Median, p99 and max in milliseconds."""
     ordered = sorted(samples)
+    if not ordered:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return {
         "n": len(ordered),
@@ -175,26 +144,35 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(rates: list[float], count: int) -> list[dict[str, Any]]:
+    """Bare and nolag at each rate, against one broker; p50/p99/max and the p99 ratio."""
+    results = []
+    with broker() as proc:
+        url = proc.url
+        for rate in rates:
+            bare = summary(run_bare(url, rate, count))
+            ours = summary(run_nolag(url, rate, count))
+            results.append(
+                {
+                    "rate": rate,
+                    "count": count,
+                    "bare": bare,
+                    "nolag": ours,
+                    "p50_ratio": ours["p50_ms"] / bare["p50_ms"],
+                    "p99_ratio": ours["p99_ms"] / bare["p99_ms"],
+                }
+            )
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the latency benchmark alone and print a table (or JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, action="append", help="updates/s (repeatable)")
     parser.add_argument("--count", type=int, default=1000, help="updates per run")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
-    rates = args.rate or [100.0, 1000.0]
-    results = []
-    with broker_process() as url:
-        for rate in rates:
-            bare = summary(run_bare(url, rate, args.count))
-            ours = summary(run_nolag(url, rate, args.count))
-            results.append(
-                {
-                    "rate": rate,
-                    "bare": bare,
-                    "nolag": ours,
-                    "p99_ratio": ours["p99_ms"] / bare["p99_ms"],
-                }
-            )
+    results = run(args.rate or [100.0, 1000.0], args.count)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
