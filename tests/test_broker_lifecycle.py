@@ -46,7 +46,7 @@ def test_stop_closes_sockets_and_start_reuses_the_port(tokens_path: Path) -> Non
         broker.stop()
         assert broker.connection_count() == 0
         for client in clients:  # each sees a close frame, then the TCP connection end
-            assert client.wait_closed(5) == 1001
+            assert client.wait_closed(5) == 1012  # service restart: clients reconnect
         with pytest.raises(OSError):
             RawClient(url, timeout=1)
         broker.start()
@@ -168,7 +168,7 @@ def test_cli_serves_until_ctrl_c(tokens_path: Path, args: tuple[str, ...]) -> No
         with RawClient(f"ws://127.0.0.1:{port}/ws") as client:
             assert client.auth(token)["success"] is True
             proc.send_signal(signal.SIGINT)
-            assert client.wait_closed(10) == 1001
+            assert client.wait_closed(10) == 1012
         assert proc.wait(15) == 0
         assert proc.stderr is not None
         rest = proc.stderr.read()

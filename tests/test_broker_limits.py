@@ -133,7 +133,7 @@ ANSWERS_07: dict[int, list[str]] = {
     42: ["error:invalid_presence"],
     45: ["error:invalid_presence"],
     48: ["error:invalid_presence"],
-    51: ["error:invalid_presence"],
+    51: ["presence:leave"],  # nil data clears presence: a leave, where Kraken sent nil
     55: ["error:invalid_presence"],  # holds a bin (and an int key)
     59: ["error:invalid_message"],  # invalid JSON: Kraken closed with 1011
     66: ["auth"],  # P2's auth: here a second auth on the same, still open socket

@@ -3,7 +3,8 @@
 Each transcript's client frames are sent verbatim (from their ``hex``) and every frame
 the real broker sent is expected on the same socket, in the same order, once the local
 broker's compatible extensions are stripped (``roomId`` on events, ``connectionId``,
-``actorType`` in list entries, ``rateLimit`` in auth replies, ``roomId: nil`` on the project-level list). Frames without
+``actorType`` in list entries, ``rateLimit`` in auth replies, ``roomId: nil`` on the
+project-level list). Frames without
 extensions must match the real broker byte for byte (sorted keys, smallest ints, str).
 Where the local broker deliberately differs (a Kraken defect), an override says what it
 answers instead.

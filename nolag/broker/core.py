@@ -272,6 +272,12 @@ class BrokerCore:
                     msgRef=_msg_ref(frame),
                 ),
             )
+        if "data" in frame and frame["data"] is None:
+            # clearing presence (the official SDK's clear_presence): leave, where the real
+            # broker would broadcast an update with nil presence
+            if room is not None and self._room_refusal(conn, identity, room, frame) is not None:
+                return []
+            return self.registry.clear_presence(conn.conn_id, room)
         try:
             data = check_presence_data(frame.get("data"))
         except InvalidPresence as exc:
@@ -307,9 +313,12 @@ class BrokerCore:
         else:
             refusal = self._room_refusal(conn, identity, room, frame)
             if refusal is not None:
+                # an empty list always follows, so a client waiting for the list is answered;
+                # protocol 2 is also told why
+                empty = self._reply(conn, frames.presence_list(room, []))
                 if conn.protocol_version >= 2:
-                    return self._reply(conn, refusal)
-                return self._reply(conn, frames.presence_list(room, []))
+                    return self._reply(conn, refusal) + empty
+                return empty
             members = self.registry.room_members(identity.project_id, room)
         entries = [
             frames.list_entry(m.actor_id, m.actor_type, m.conn_id, m.data, m.joined_at)

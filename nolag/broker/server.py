@@ -28,6 +28,8 @@ logger = logging.getLogger("nolag.broker")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+#: sent to every socket when the broker stops: clients should reconnect (RFC 6455 1012)
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 CLOSE_SLOW_CONSUMER = 1013
@@ -141,7 +143,7 @@ class BrokerServer:
         if session.killed:
             return
         session.killed = True
-        level = logging.INFO if code == 1001 else logging.WARNING  # shutdown is routine
+        level = logging.INFO if code == CLOSE_SERVICE_RESTART else logging.WARNING  # routine
         logger.log(level, "closing %s (%s)", session.conn.conn_id, reason)
         session.outbox.close(discard=True)
         if session.writer is not None:
@@ -253,7 +255,7 @@ class BrokerServer:
             self._count(-1)
             logger.debug("%s: closed", conn.conn_id)
 
-    async def close_all(self, code: int = CLOSE_GOING_AWAY) -> None:
+    async def close_all(self, code: int = CLOSE_SERVICE_RESTART) -> None:
         """Close every socket (close frame, then end of TCP) and wait briefly for handlers."""
         sessions = list(self._sessions.values())
         for session in sessions:

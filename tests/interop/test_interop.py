@@ -339,16 +339,6 @@ def test_official_heartbeats_are_echoed_and_presence_is_resent_after_a_cut(
         assert client.call("disconnect")["close_code"] == 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # a failed install (pytest.fail under CI) must not pass as xfail
-    reason=(
-        "broker gap: EmbeddedBroker.stop() closes every socket with 1001 (going away); the "
-        "official SDK's receive loop (websockets `async for`) ends silently on 1000/1001, so "
-        "it emits no disconnect, never reconnects and stays 'connected' on a dead socket. It "
-        "reconnects after an abnormal close (no close frame, 1011, 1012 service restart)."
-    ),
-)
 def test_official_client_reconnects_after_a_broker_restart(
     broker: EmbeddedBroker,
     official: Official,
@@ -372,18 +362,9 @@ def test_official_client_reconnects_after_a_broker_restart(
     wait_until(lambda: bob_log.of(alice)[-1:] == [("presence:join", {"v": 2})], timeout=10)
 
 
-# -- known gaps: frames of the official SDK that the local broker answers differently ----
+# -- frames of the official SDK the local broker once answered differently from Kraken ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # a failed install (pytest.fail under CI) must not pass as xfail
-    reason=(
-        "broker gap: the official clear_presence() sends {type: presence, data: nil[, roomId]}; "
-        "the local broker answers error invalid_presence, the real broker broadcasts an update "
-        "with presence nil in a room (transcript 07 #51-53) and ignores it without a room"
-    ),
-)
 def test_official_clear_presence_is_accepted(broker: EmbeddedBroker, official: Official) -> None:
     """The official SDK's clear_presence() gets no error frame."""
     client, _ = connect_official(official, broker.url)
@@ -395,16 +376,6 @@ def test_official_clear_presence_is_accepted(broker: EmbeddedBroker, official: O
     assert errors(client, mark) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # a failed install (pytest.fail under CI) must not pass as xfail
-    reason=(
-        "broker gap: on protocol 2 (the official SDK always sends 2) the local broker answers "
-        "getPresence for an unknown room with error 42940 and no presenceList, so the official "
-        "fetch_presence() waits its full 10 s and raises 'Presence request timeout'; the real "
-        "broker answers an empty presenceList (transcript 03 #30-31)"
-    ),
-)
 def test_official_fetch_presence_of_an_unknown_room_is_empty(
     broker: EmbeddedBroker, official: Official
 ) -> None:
