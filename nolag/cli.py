@@ -200,8 +200,8 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
     return data
 
 
-class _Fail(Exception):
-    """A presence command failed: `code` is the exit code, the message one line."""
+class CommandFailed(Exception):
+    """A presence command failed: `code` is the exit code, the message is one line for users."""
 
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
@@ -219,13 +219,13 @@ def _presence(args: argparse.Namespace) -> int:
     logging.getLogger("nolag").setLevel(logging.INFO if args.verbose else logging.CRITICAL)
     try:
         if not args.token:
-            raise _Fail("no token: give --token or set NOLAG_TOKEN", EXIT_USAGE)
+            raise CommandFailed("no token: give --token or set NOLAG_TOKEN", EXIT_USAGE)
         if args.verb == "list":
-            return _presence_list(args, sys.stdout)
+            return presence_list(args, sys.stdout)
         if args.verb == "watch":
-            return _presence_watch(args, sys.stdout)
-        return _presence_set(args, sys.stdout)
-    except _Fail as exc:
+            return presence_watch(args, sys.stdout)
+        return presence_set(args, sys.stdout)
+    except CommandFailed as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
@@ -233,13 +233,13 @@ def _presence(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    """A NoLag client for the arguments; a bad URL is a usage error."""
+    """A NoLag client for the arguments (imported late: `nolag --help` stays fast)."""
     from nolag.client import NoLag
 
     try:
         return NoLag(args.token, url=args.url, connect_timeout=args.timeout, reconnect_max_delay=5)
     except (TypeError, ValueError) as exc:
-        raise _Fail(str(exc), EXIT_USAGE) from None
+        raise CommandFailed(str(exc), EXIT_USAGE) from None
 
 
 def _connect(client: Any, args: argparse.Namespace) -> None:
@@ -249,9 +249,9 @@ def _connect(client: Any, args: argparse.Namespace) -> None:
     try:
         client.connect(timeout=args.timeout)
     except AuthenticationError as exc:
-        raise _Fail(f"token refused by {args.url} ({exc.reason})") from None
+        raise CommandFailed(f"token refused by {args.url} ({exc.reason})") from None
     except NoLagError as exc:
-        raise _Fail(f"cannot reach {args.url}: {exc}") from None
+        raise CommandFailed(f"cannot reach {args.url}: {exc}") from None
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -265,7 +265,8 @@ def _describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _presence_list(args: argparse.Namespace, out: TextIO) -> int:
+def presence_list(args: argparse.Namespace, out: TextIO) -> int:
+    """`presence list`: the server's list for args.room as a table or JSON; raises CommandFailed."""
     from nolag.errors import NoLagError
 
     client = _client(args)
@@ -274,13 +275,12 @@ def _presence_list(args: argparse.Namespace, out: TextIO) -> int:
         try:
             people = client.fetch_presence(args.room, timeout=args.timeout)
         except NoLagError as exc:
-            raise _Fail(_describe_error(exc)) from None
+            raise CommandFailed(_describe_error(exc)) from None
     finally:
         client.disconnect()
     if args.json:
         body = {"roomId": args.room, "count": len(people), "online": [p.to_dict() for p in people]}
-        json.dump(body, out, indent=2)
-        out.write("\n")
+        out.write(json.dumps(body, indent=2) + "\n")  # one write: Django's stdout wrapper
     else:
         where = f"room {args.room!r}" if args.room else "the project"
         out.write("\n".join(render_table(people)) + f"\n\n{len(people)} online in {where}\n")
@@ -288,6 +288,7 @@ def _presence_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _name(actor: Any) -> str:
+    """The name to show: presence username or name, else the actor id."""
     data = actor.presence
     return str(data.get("username") or data.get("name") or actor.actor_token_id)
 
@@ -316,7 +317,8 @@ def render_table(
     return rows
 
 
-def _presence_watch(args: argparse.Namespace, out: TextIO) -> int:
+def presence_watch(args: argparse.Namespace, out: TextIO) -> int:
+    """`presence watch`: a live table (or a line per event) until args.duration or Ctrl-C."""
     from nolag.errors import AuthenticationError, ConnectionError, ForbiddenError, ServerError
 
     client = _client(args)
@@ -375,7 +377,7 @@ def _presence_watch(args: argparse.Namespace, out: TextIO) -> int:
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while deadline is None or time.monotonic() < deadline:
             if fatal:
-                raise _Fail(_describe_error(fatal[0]))
+                raise CommandFailed(_describe_error(fatal[0]))
             if live:
                 people = [
                     p
@@ -408,11 +410,12 @@ def _project(client: Any) -> list[Any]:
     return list(seen.values())
 
 
-def _presence_set(args: argparse.Namespace, out: TextIO) -> int:
+def presence_set(args: argparse.Namespace, out: TextIO) -> int:
+    """`presence set`: announce KEY=VALUE data and stay present until args.duration or Ctrl-C."""
     try:
         data = parse_assignments(args.data)
     except ValueError as exc:
-        raise _Fail(str(exc), EXIT_USAGE) from None
+        raise CommandFailed(str(exc), EXIT_USAGE) from None
     client = _client(args)
     errors: list[BaseException] = []
     client.on("error", errors.append)
@@ -420,14 +423,14 @@ def _presence_set(args: argparse.Namespace, out: TextIO) -> int:
         try:
             client.set_presence(data, room=args.room)
         except (TypeError, ValueError) as exc:
-            raise _Fail(str(exc), EXIT_USAGE) from None
+            raise CommandFailed(str(exc), EXIT_USAGE) from None
         _connect(client, args)
         deadline = time.monotonic() + args.timeout
         while client.get_presence(client.actor_id, args.room) is None:  # our own join, echoed
             if errors:
-                raise _Fail(_describe_error(errors[0]))
+                raise CommandFailed(_describe_error(errors[0]))
             if time.monotonic() > deadline:
-                raise _Fail(f"the server did not confirm the presence within {args.timeout:g}s")
+                raise CommandFailed(f"the server did not confirm the presence in {args.timeout:g}s")
             time.sleep(0.02)
         where = f"room {args.room!r}" if args.room else "the project"
         out.write(
@@ -438,7 +441,7 @@ def _presence_set(args: argparse.Namespace, out: TextIO) -> int:
         deadline_end = None if args.duration is None else time.monotonic() + args.duration
         while deadline_end is None or time.monotonic() < deadline_end:
             if errors:
-                raise _Fail(_describe_error(errors[0]))
+                raise CommandFailed(_describe_error(errors[0]))
             time.sleep(0.1)
     finally:
         client.disconnect()
