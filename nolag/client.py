@@ -233,6 +233,8 @@ class NoLag:
         self._quiet_errors: collections.Counter[tuple[str, Optional[str]]] = collections.Counter()
         self._lobby_alias: dict[str, str] = {}  # a broker's internal lobby id -> our slug
         self._pending: collections.deque[_Pending] = collections.deque()
+        # while the reader applies a batch of frames, events collect here (lock held)
+        self._batch: Optional[list[tuple[Registry, str, tuple[Any, ...]]]] = None
         self._fork_pending = False  # set in a forked child that must reconnect on first use
         # socket reads wake this often; a write blocked this long drops the connection
         self._io_timeout = max(1.0, min(5.0, self.options.heartbeat_interval))
@@ -583,17 +585,20 @@ class NoLag:
                         f"no auth reply from {self.options.url} in {timeout:.1f}s"
                     )
                 transport.set_timeout(remaining)
-                payload = transport.recv()
-                if payload is None:
-                    continue  # timed out: the deadline check above ends the wait
-                frame = protocol.decode_frame(payload)
-                if isinstance(frame, protocol.AuthOk):
-                    transport.set_timeout(self._io_timeout)
-                    return transport, frame
-                if isinstance(frame, protocol.AuthRefused):
-                    raise AuthenticationError(frame.error)
-                if isinstance(frame, protocol.ErrorFrame) and frame.error == "not_authenticated":
-                    raise AuthenticationError(frame.error)
+                batch = transport.recv_batch()
+                for index, payload in enumerate(batch or ()):
+                    frame = protocol.decode_frame(payload)
+                    if isinstance(frame, protocol.AuthOk):
+                        transport.unread(batch[index + 1 :])  # type: ignore[index]
+                        transport.set_timeout(self._io_timeout)
+                        return transport, frame
+                    if isinstance(frame, protocol.AuthRefused):
+                        raise AuthenticationError(frame.error)
+                    if (
+                        isinstance(frame, protocol.ErrorFrame)
+                        and frame.error == "not_authenticated"
+                    ):
+                        raise AuthenticationError(frame.error)
         except BaseException:
             transport.close(timeout=1.0)  # a refused socket stays open on the broker: close it
             raise
@@ -682,8 +687,8 @@ class NoLag:
             if transport is None:
                 break
             try:
-                payload = transport.recv()
-                if payload is None:
+                batch = transport.recv_batch()
+                if batch is None:
                     continue  # no frame within the I/O timeout; liveness is the heartbeat's job
             except ConnectionClosedError as exc:
                 if self._closing.is_set():
@@ -699,8 +704,8 @@ class NoLag:
                 if self._closing.is_set() or not self._recover(ConnectionClosedError(str(exc))):
                     break
                 continue
-            if transport is self._transport:
-                self._handle(payload)
+            if batch and transport is self._transport:
+                self._handle_batch(batch)
 
     def _recover(self, exc: ConnectionClosedError) -> bool:
         """After an unexpected loss: reconnect with backoff. False when giving up."""
@@ -827,31 +832,50 @@ class NoLag:
 
     # ------------------------------------------------------------ internals: frames
 
-    def _handle(self, payload: bytes) -> None:
-        """Decode one frame and apply it; runs on the reader thread, never runs user code."""
-        self.stats.frames_received += 1
-        frame = protocol.decode_frame(payload)
+    def _handle_batch(self, payloads: list[bytes]) -> None:
+        """Decode and apply frames in order; runs on the reader thread, never runs user code.
+
+        The whole batch is applied under one lock acquisition, and its events reach the
+        dispatcher as one item, queued before the lock is released so that no other
+        thread's events can overtake them.
+        """
+        self.stats.frames_received += len(payloads)
+        decode = protocol.decode_frame
         with self._changed:
             version = self._store.version
-            if isinstance(frame, protocol.PresenceEvent):
-                self._apply_event(frame)
-            elif isinstance(frame, protocol.PresenceList):
-                self._apply_list(frame)
-            elif isinstance(frame, protocol.LobbyPresence):
-                self._apply_lobby_event(frame)
-            elif isinstance(frame, protocol.LobbySnapshot):
-                self._apply_lobby_snapshot(frame)
-            elif isinstance(frame, protocol.LobbyUnsubscribed):
-                pending = self._pop_pending(("unsubscribe", frame.lobby_id))
-                if pending is not None and pending.waiter is not None:
-                    pending.waiter.resolve(frame)
-            elif isinstance(frame, protocol.ErrorFrame):
-                self._apply_error(frame)
-            elif isinstance(frame, protocol.ProtocolError):
-                self.stats.protocol_errors += 1
-                log.debug("nolag: ignored a bad frame: %s", frame.reason)
+            self._batch = []
+            try:
+                for payload in payloads:
+                    self._apply(decode(payload))
+            finally:
+                batch, self._batch = self._batch, None
+                self._dispatcher.emit_many(batch)
             if self._store.version != version:
                 self._changed.notify_all()
+
+    def _handle(self, payload: bytes) -> None:
+        """Decode one frame and apply it (see _handle_batch)."""
+        self._handle_batch([payload])
+
+    def _apply(self, frame: Union[protocol.ServerFrame, protocol.ProtocolError]) -> None:
+        """Route one decoded frame to its handler (lock held)."""
+        if isinstance(frame, protocol.PresenceEvent):
+            self._apply_event(frame)
+        elif isinstance(frame, protocol.PresenceList):
+            self._apply_list(frame)
+        elif isinstance(frame, protocol.LobbyPresence):
+            self._apply_lobby_event(frame)
+        elif isinstance(frame, protocol.LobbySnapshot):
+            self._apply_lobby_snapshot(frame)
+        elif isinstance(frame, protocol.LobbyUnsubscribed):
+            pending = self._pop_pending(("unsubscribe", frame.lobby_id))
+            if pending is not None and pending.waiter is not None:
+                pending.waiter.resolve(frame)
+        elif isinstance(frame, protocol.ErrorFrame):
+            self._apply_error(frame)
+        elif isinstance(frame, protocol.ProtocolError):
+            self.stats.protocol_errors += 1
+            log.debug("nolag: ignored a bad frame: %s", frame.reason)
 
     def _apply_event(self, event: protocol.PresenceEvent) -> None:
         if event.room_given:
@@ -1042,20 +1066,30 @@ class NoLag:
     # ------------------------------------------------------------ internals: helpers
 
     def _emit(self, event: str, *args: Any) -> None:
-        self._dispatcher.emit(self._events, event, *args)
+        self._queue_event(self._events, event, args)
 
     def _emit_all(self, events: Sequence[PublicEvent]) -> None:
         for event in events:
             self.stats.events_emitted += 1
-            self._dispatcher.emit(self._events, event.name, event.actor)
+            self._queue_event(self._events, event.name, (event.actor,))
             context = self._rooms.get(event.room) if event.room is not None else None
             if context is not None:
-                self._dispatcher.emit(context._events, event.name, event.actor)
+                self._queue_event(context._events, event.name, (event.actor,))
 
     def _emit_to(self, registry: Registry, events: Sequence[PublicEvent]) -> None:
         for event in events:
             self.stats.events_emitted += 1
-            self._dispatcher.emit(registry, event.name, event.actor)
+            self._queue_event(registry, event.name, (event.actor,))
+
+    def _queue_event(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
+        """Hand an event to the dispatcher, or to the batch the reader is applying."""
+        if not registry.handlers(event):
+            return
+        batch = self._batch
+        if batch is not None:
+            batch.append((registry, event, args))
+        else:
+            self._dispatcher.emit(registry, event, *args)
 
     def _room_arg(self, room: Optional[str]) -> Optional[str]:
         if room is None:

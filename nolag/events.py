@@ -128,6 +128,11 @@ class Dispatcher:
         if registry.handlers(event):
             self._queue.put((registry, event, args))
 
+    def emit_many(self, items: list[tuple[Registry, str, tuple[Any, ...]]]) -> None:
+        """Queue several events at once (one wake-up of the dispatcher for a whole batch)."""
+        if items:
+            self._queue.put(items)
+
     def stop(self, timeout: float) -> None:
         """Run what is queued, then stop and join the thread (unless called from it)."""
         thread = self._thread
@@ -153,8 +158,12 @@ class Dispatcher:
             item = self._queue.get()
             if item is _STOP:
                 return
-            registry, event, args = item
-            self._call(registry, event, args)
+            if type(item) is list:
+                for registry, event, args in item:
+                    self._call(registry, event, args)
+            else:
+                registry, event, args = item
+                self._call(registry, event, args)
 
     def _call(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
         for handler in registry.handlers(event):

@@ -55,10 +55,22 @@ class FrozenDict(dict):  # type: ignore[type-arg]
 EMPTY: FrozenDict = FrozenDict()
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """Return a deeply immutable copy of JSON-like data (dicts → FrozenDict, lists → tuples)."""
-    if isinstance(value, FrozenDict):
+    kind = type(value)
+    if kind in _SCALARS or kind is FrozenDict:
         return value
+    if kind is dict:
+        # the hot path: flat presence data from the wire needs no recursion
+        for item in value.values():
+            if type(item) not in _SCALARS:
+                break
+        else:
+            return FrozenDict(value)
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
     if isinstance(value, Mapping):
         return FrozenDict({k: freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):

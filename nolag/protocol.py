@@ -271,28 +271,38 @@ def _decode_auth(frame: Mapping[str, Any]) -> Union[AuthOk, AuthRefused]:
 
 
 def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
+    # the hot path: written for speed (plain lookups, extension keys only when present)
     kind = frame.get("event")
     if kind not in PRESENCE_KINDS:
         raise _Bad(f"presence event {kind!r} is not join, update or leave")
     data = frame.get("data")
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise _Bad("presence event without a data map")
-    room_given = "roomId" in frame or "room_id" in frame
-    room = _get(frame, "roomId", "room_id")
-    if room is not None and not isinstance(room, str):
-        raise _Bad("presence event roomId is not a string")
+    actor = data.get("actor_token_id")
+    if actor is None:
+        actor = data.get("actorTokenId")
+    if type(actor) is not str or not actor:
+        raise _Bad("missing or non-string 'actorTokenId'")
+    room: Any = None
+    room_given = False
+    connection_id = actor_type = None
+    if len(frame) > 3:  # more than type, event and data: the local broker's extensions
+        room_given = "roomId" in frame or "room_id" in frame
+        room = _get(frame, "roomId", "room_id")
+        if room is not None and type(room) is not str:
+            raise _Bad("presence event roomId is not a string")
+        connection_id = _opt_str(_get(frame, "connectionId", "connection_id"))
+    if len(data) > 2:  # more than actor_token_id and presence
+        connection_id = _opt_str(_get(data, "connectionId", "connection_id")) or connection_id
+        actor_type = _opt_str(_get(data, "actorType", "actor_type"))
     return PresenceEvent(
-        kind=kind,
-        actor_token_id=_req_str(data, "actorTokenId", "actor_token_id"),
-        presence=data.get("presence") if kind != "leave" else None,
-        room=room,
-        room_given=room_given,
-        connection_id=_opt_str(
-            _get(
-                data, "connectionId", "connection_id", _get(frame, "connectionId", "connection_id")
-            )
-        ),
-        actor_type=_opt_str(_get(data, "actorType", "actor_type")),
+        kind,
+        actor,
+        data.get("presence") if kind != "leave" else None,
+        room,
+        room_given,
+        connection_id,
+        actor_type,
     )
 
 
@@ -355,7 +365,7 @@ def _decode_error(frame: Mapping[str, Any]) -> ErrorFrame:
 
 def decode_map(frame: Any) -> Union[ServerFrame, ProtocolError]:
     """Turn one decoded MessagePack value into a typed server event (or a ProtocolError)."""
-    if not isinstance(frame, Mapping):
+    if type(frame) is not dict and not isinstance(frame, Mapping):
         return ProtocolError(f"frame is a {type(frame).__name__}, not a map")
     kind = frame.get("type")
     try:

@@ -1,8 +1,11 @@
-"""One WebSocket connection: open with a deadline, thread-safe sends, blocking receives.
+"""One WebSocket connection: open with a deadline, thread-safe sends, batched receives.
 
-This is the only module that knows which WebSocket library carries the bytes
-(websocket-client). The client's reader thread calls `recv()`; any thread may call
-`send()`; `abort()` from any thread unblocks a pending `recv()` at once.
+This is the only module that knows which WebSocket library carries the bytes:
+websocket-client opens the connection (handshake, TLS, proxies) and sends, while
+receiving reads large chunks from its socket and parses every frame in them at once
+(nolag.wsframes), which is several times faster than reading frame by frame. The
+client's reader thread calls `recv_batch()`; any thread may call `send()`; `abort()`
+from any thread unblocks a pending read at once.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ from typing import Optional
 import websocket
 
 from nolag.errors import ConnectionClosedError, ConnectionError
+from nolag.wsframes import Close, FrameReader, Message, Ping, WebSocketViolation
 
 __all__ = ["Transport"]
 
 log = logging.getLogger("nolag")
+
+#: bytes asked of the socket per read; a burst of presence frames arrives in few reads
+READ_CHUNK = 256 * 1024
+#: the largest message accepted from a server (the real broker closes frames over 1 MiB)
+MAX_MESSAGE = 4 * 1024 * 1024
 
 
 class Transport:
@@ -31,17 +40,23 @@ class Transport:
         self.url = url
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
+        self._reader = FrameReader(MAX_MESSAGE)
+        self._backlog: list[bytes] = []
+        self._close_error: Optional[ConnectionClosedError] = None
         self.last_received = time.monotonic()
         try:
             self._ws = websocket.create_connection(
                 url,
                 timeout=timeout,
-                enable_multithread=True,  # the reader answers pings while others send
+                enable_multithread=True,  # pongs from the reader, sends from others
                 skip_utf8_validation=True,
                 suppress_origin=True,
             )
         except (OSError, websocket.WebSocketException) as exc:
             raise ConnectionError(f"cannot connect to {url}: {exc}") from exc
+        sock = self._ws.sock
+        assert sock is not None  # create_connection returned a connected WebSocket
+        self._sock: socket.socket = sock
         self._ws.settimeout(timeout)
 
     def set_timeout(self, timeout: Optional[float]) -> None:
@@ -59,45 +74,90 @@ class Transport:
             self.abort()
             raise ConnectionClosedError(f"send failed: {exc}") from exc
 
-    def recv(self) -> Optional[bytes]:
-        """The next data message, or None if none came within the socket timeout.
+    def unread(self, payloads: list[bytes]) -> None:
+        """Put messages back, to be returned first by the next recv_batch()."""
+        self._backlog = payloads + self._backlog
 
-        Raises ConnectionClosedError when the connection ends (close frame, reset, abort).
+    def recv_batch(self) -> Optional[list[bytes]]:
+        """Every data message that one socket read completes (maybe none), in order.
+
+        Returns None if nothing arrived within the socket timeout. Answers pings. Raises
+        ConnectionClosedError when the connection ends (close frame, EOF, reset, abort,
+        or a framing violation by the server).
         """
+        if self._backlog:
+            backlog, self._backlog = self._backlog, []
+            return backlog
+        if self._close_error is not None:
+            raise self._close_error
+        try:
+            data = self._sock.recv(READ_CHUNK)
+        except socket.timeout:
+            if self._closed.is_set():
+                raise ConnectionClosedError("the connection is closed") from None
+            return None
+        except (OSError, ValueError) as exc:  # ValueError: read on a closed SSL socket
+            self.abort()
+            raise ConnectionClosedError(str(exc) or type(exc).__name__) from exc
+        if not data:
+            self.abort()
+            raise ConnectionClosedError("the server closed the connection (EOF)")
+        self.last_received = time.monotonic()
+        try:
+            events = self._reader.feed(data)
+        except WebSocketViolation as exc:
+            log.warning("nolag: the server broke the WebSocket framing: %s", exc)
+            self._send_close(exc.code)
+            self.abort()
+            raise ConnectionClosedError(f"protocol violation by the server: {exc}") from exc
+        batch: list[bytes] = []
+        for event in events:
+            if type(event) is Message:
+                batch.append(event.payload)
+            elif type(event) is Ping:
+                self._pong(event.payload)
+            elif type(event) is Close:
+                self._send_close(event.code or 1000)
+                self.abort()
+                message = f"closed by the server (code {event.code}) {event.reason}".strip()
+                self._close_error = ConnectionClosedError(
+                    message, code=event.code, reason=event.reason
+                )
+            # a pong only proves life, which last_received already recorded
+        if not batch and self._close_error is not None:
+            raise self._close_error
+        return batch
+
+    def recv(self) -> Optional[bytes]:
+        """The next data message, or None if none came within the socket timeout."""
         while True:
-            try:
-                opcode, frame = self._ws.recv_data_frame(control_frame=True)
-            except websocket.WebSocketTimeoutException:
-                if self._closed.is_set():
-                    raise ConnectionClosedError("the connection is closed") from None
+            batch = self.recv_batch()
+            if batch is None:
                 return None
-            except (OSError, websocket.WebSocketException, ValueError, AttributeError) as exc:
-                # AttributeError: websocket-client after its socket was shut down under it
-                self.abort()
-                raise ConnectionClosedError(str(exc) or type(exc).__name__) from exc
-            self.last_received = time.monotonic()
-            if opcode == websocket.ABNF.OPCODE_BINARY or opcode == websocket.ABNF.OPCODE_TEXT:
-                data = frame.data
-                return data if isinstance(data, bytes) else bytes(data)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code, reason = _parse_close(frame.data)
-                self.abort()
-                message = f"closed by the server (code {code}) {reason}".strip()
-                raise ConnectionClosedError(message, code=code, reason=reason)
-            # ping / pong: websocket-client already answered the ping; just liveness
+            if batch:
+                first, rest = batch[0], batch[1:]
+                if rest:
+                    self.unread(rest)
+                return first
 
     @property
     def closed(self) -> bool:
         """True once the connection was closed or aborted."""
         return self._closed.is_set()
 
+    def _pong(self, payload: bytes) -> None:
+        with contextlib.suppress(OSError, websocket.WebSocketException), self._send_lock:
+            self._ws.pong(payload)
+
+    def _send_close(self, code: int) -> None:
+        with contextlib.suppress(OSError, websocket.WebSocketException), self._send_lock:
+            self._ws.send_close(code, b"")
+
     def discard(self) -> None:
         """Forget the connection without a byte on the wire (a forked child's copy of it)."""
         self._closed.set()
-        sock = self._ws.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()  # closes this process's descriptor only: no FIN, no close frame
+        with contextlib.suppress(OSError):
+            self._sock.close()  # closes this process's descriptor only: no FIN, no close frame
 
     def close(self, timeout: float = 2.0) -> None:
         """Close cleanly (close frame 1000), bounded by `timeout`; safe to call twice."""
@@ -112,19 +172,11 @@ class Transport:
         self.abort()
 
     def abort(self) -> None:
-        """Drop the TCP connection now; unblocks a recv() in another thread. Idempotent."""
+        """Drop the TCP connection now; unblocks a read in another thread. Idempotent."""
         if self._closed.is_set():
             return
         self._closed.set()
-        sock = self._ws.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError, websocket.WebSocketException):
             self._ws.shutdown()  # type: ignore[no-untyped-call]
-
-
-def _parse_close(data: bytes) -> tuple[Optional[int], str]:
-    if len(data) < 2:
-        return None, ""
-    return int.from_bytes(data[:2], "big"), data[2:].decode("utf-8", "replace")

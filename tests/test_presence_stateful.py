@@ -24,6 +24,7 @@ import json
 from typing import Any, Optional
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -522,4 +523,5 @@ StoreMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_presence_store_state_machine = StoreMachine.TestCase
+# 300 runs of 50 steps take a few seconds alone; the bound leaves room for a loaded machine
+test_presence_store_state_machine = pytest.mark.timeout(600)(StoreMachine.TestCase)
