@@ -89,6 +89,8 @@ def thaw(value: Any) -> Any:
 
 def _freeze_presence(value: Any) -> FrozenDict:
     """Presence is a mapping; anything else a foreign client sent becomes an empty mapping."""
+    if type(value) is FrozenDict:
+        return value
     if isinstance(value, Mapping):
         frozen: FrozenDict = freeze(value)
         return frozen

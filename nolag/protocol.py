@@ -292,7 +292,7 @@ def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
         if room is not None and type(room) is not str:
             raise _Bad("presence event roomId is not a string")
         connection_id = _opt_str(_get(frame, "connectionId", "connection_id"))
-    if len(data) > 2:  # more than actor_token_id and presence
+    if len(data) > (1 if kind == "leave" else 2):  # more than actor_token_id (and presence)
         connection_id = _opt_str(_get(data, "connectionId", "connection_id")) or connection_id
         actor_type = _opt_str(_get(data, "actorType", "actor_type"))
     return PresenceEvent(

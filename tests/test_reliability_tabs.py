@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import msgpack
-import pytest
 from helpers import TOKENS, wait_until
 from rawclient import RawClient
 
@@ -21,12 +20,6 @@ from nolag.broker import EmbeddedBroker
 from nolag.models import thaw
 
 ROOM = "general"
-LEAVE_BUG = (
-    "protocol._decode_presence reads connectionId from `data` only when it has more than "
-    "2 keys; a local-broker leave's data is {actor_token_id, connectionId}, so the leave "
-    "loses its connection id and PresenceStore._leave drops the actor's *oldest* socket "
-    "instead of the one that left"
-)
 
 
 class Seen:
@@ -95,7 +88,6 @@ def test_a_closing_tab_of_an_actor_still_present_emits_no_leave(broker: Embedded
             tab.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEAVE_BUG)
 def test_leave_event_keeps_its_connection_id() -> None:
     frame = {
         "type": "presence",
@@ -108,7 +100,6 @@ def test_leave_event_keeps_its_connection_id() -> None:
     assert decoded.connection_id == "c-2"  # the unit view of the two failures below
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEAVE_BUG)
 def test_when_the_newest_tab_closes_the_remaining_tabs_data_shows(broker: EmbeddedBroker) -> None:
     observer = NoLag(TOKENS["bob"], url=broker.url)
     tabs: list[RawClient] = []
@@ -128,7 +119,6 @@ def test_when_the_newest_tab_closes_the_remaining_tabs_data_shows(broker: Embedd
             tab.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEAVE_BUG)
 def test_no_ghost_after_every_tab_closed(broker: EmbeddedBroker) -> None:
     observer = NoLag(TOKENS["bob"], url=broker.url)
     tabs: list[RawClient] = []
