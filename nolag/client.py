@@ -134,18 +134,16 @@ def merge_entries(
 ) -> list[ActorPresence]:
     """Fold per-socket list entries into one ActorPresence per actor, in first-seen order.
 
-    Joined-at is the earliest socket's; the data is the newest socket's (latest joinedAt,
-    later entries winning ties), and `connections` counts the sockets.
+    Joined-at is the earliest socket's; the data is that of the socket that set it last
+    (the local broker's updateSeq, else the latest joinedAt), and `connections` counts
+    the sockets.
     """
     grouped: dict[str, list[protocol.PresenceEntry]] = {}
     for entry in entries:
         grouped.setdefault(entry.actor_token_id, []).append(entry)
     actors = []
     for actor_id, group in grouped.items():
-        newest = group[0]
-        for entry in group[1:]:
-            if (entry.joined_at or 0) >= (newest.joined_at or 0):
-                newest = entry
+        newest = max(group, key=lambda e: (e.update_seq or 0, e.joined_at or 0))
         times = [e.joined_at for e in group if e.joined_at is not None]
         actors.append(
             ActorPresence(

@@ -154,10 +154,12 @@ def _canon(value: Any) -> str:
 
 
 def _newest_entry(entries: Sequence[PresenceEntry]) -> PresenceEntry:
-    """The entry with the latest joinedAt; ties go to the canonically greatest data."""
+    """The entry set last: by the broker's updateSeq when it gives one, else the latest
+    joinedAt; ties go to the canonically greatest data."""
     return max(
         entries,
         key=lambda e: (
+            e.update_seq if e.update_seq is not None else -math.inf,
             e.joined_at if e.joined_at is not None else -math.inf,
             _canon(_data(e.presence)),
         ),
@@ -613,6 +615,7 @@ class PresenceStore:
                 changed.append((cid, e, data))
         changed.sort(
             key=lambda c: (
+                c[1].update_seq if c[1].update_seq is not None else -math.inf,
                 c[1].joined_at if c[1].joined_at is not None else -math.inf,
                 _canon(c[2]),
                 c[0],

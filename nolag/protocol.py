@@ -107,6 +107,8 @@ class PresenceEntry:
     actor_type: Optional[str] = None
     #: sockets behind this entry: 1 in socket lists, the actor's count in REST answers
     connections: int = 1
+    #: the local broker's order of this socket's last presence change (larger is newer)
+    update_seq: Optional[int] = None
 
 
 @attrs.frozen(slots=True)
@@ -246,6 +248,7 @@ def decode_entry(raw: Any) -> PresenceEntry:
         connection_id=_opt_str(_get(raw, "connectionId", "connection_id")),
         actor_type=_opt_str(_get(raw, "actorType", "actor_type")),
         connections=_connections(raw.get("connections")),
+        update_seq=_opt_int(_get(raw, "updateSeq", "update_seq")),
     )
 
 

@@ -57,6 +57,7 @@ def strip_extensions(frame: Any) -> Any:
         for entry in f["data"]:
             entry.pop("connectionId", None)
             entry.pop("actorType", None)
+            entry.pop("updateSeq", None)
     return mask_times(f)
 
 

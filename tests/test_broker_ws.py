@@ -276,8 +276,9 @@ def test_get_presence_entries_and_joined_at(connect: Connect) -> None:
         "joinedAt": entry["joinedAt"],
         "presence": {"v": 1},
         "status": "online",
+        "updateSeq": entry["updateSeq"],
     }
-    joined = entry["joinedAt"]
+    joined, first_seq = entry["joinedAt"], entry["updateSeq"]
     assert isinstance(joined, int) and before <= joined <= int(time.time())
     while int(time.time()) == joined:  # let the clock pass a second boundary
         time.sleep(0.05)
@@ -286,6 +287,7 @@ def test_get_presence_entries_and_joined_at(connect: Connect) -> None:
     client.send({"type": "getPresence", "roomId": "general"})
     [entry] = client.recv()["data"]
     assert entry["joinedAt"] == joined and entry["presence"] == {"v": 2}
+    assert entry["updateSeq"] > first_seq  # the order of the last change moved on
     client.send({"type": "getPresence", "roomId": "random"})
     assert client.recv() == {"type": "presenceList", "roomId": "random", "data": []}
 

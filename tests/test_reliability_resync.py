@@ -498,14 +498,6 @@ def test_cache_and_event_log_match_the_truth_after_a_broker_kill_and_restart() -
             _reap(proc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="after a reconnect, an actor whose two sockets show different data is shown with "
-    "the data of the socket that joined last (list entries are ordered by joinedAt), not the "
-    "data set last, which is what the broker's REST answer and a connected observer show: "
-    "presenceList entries carry no update order, so PresenceStore._reconcile guesses",
-)
 def test_two_tabs_with_different_data_show_the_data_set_last_after_a_reconnect(
     broker: EmbeddedBroker, proxy: FaultProxy
 ) -> None:

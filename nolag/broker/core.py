@@ -321,7 +321,7 @@ class BrokerCore:
                 return empty
             members = self.registry.room_members(identity.project_id, room)
         entries = [
-            frames.list_entry(m.actor_id, m.actor_type, m.conn_id, m.data, m.joined_at)
+            frames.list_entry(m.actor_id, m.actor_type, m.conn_id, m.data, m.joined_at, m.seq)
             for m in members
         ]
         return self._reply(conn, frames.presence_list(room, entries))

@@ -74,9 +74,19 @@ def presence_event(
 
 
 def list_entry(
-    actor_id: str, actor_type: str, conn_id: str, presence: Mapping[str, Any], joined_at: int
+    actor_id: str,
+    actor_type: str,
+    conn_id: str,
+    presence: Mapping[str, Any],
+    joined_at: int,
+    update_seq: int,
 ) -> Frame:
-    """One socket's entry in a ``presenceList`` (camelCase, as the real broker)."""
+    """One socket's entry in a ``presenceList`` (camelCase, as the real broker).
+
+    Extensions: ``actorType``, ``connectionId``, and ``updateSeq``, the order of the
+    socket's last presence change (larger is newer), so a client can tell which of an
+    actor's sockets set its presence last.
+    """
     return {
         "actorTokenId": actor_id,
         "actorType": actor_type,
@@ -84,6 +94,7 @@ def list_entry(
         "joinedAt": joined_at,
         "presence": presence,
         "status": "online",
+        "updateSeq": update_seq,
     }
 
 
