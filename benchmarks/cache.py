@@ -25,6 +25,7 @@ import time
 import tracemalloc
 from typing import Any, Callable, Optional
 
+import common  # noqa: F401  (puts this tree's nolag first on sys.path)
 from firehose import firehose_process, joins_payloads
 
 SIZES = (1_000, 10_000, 100_000)

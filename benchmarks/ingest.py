@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import common  # noqa: F401  (puts this tree's nolag first on sys.path)
 import msgpack
 import websocket
 from firehose import firehose_process, mix_plan
