@@ -117,7 +117,10 @@ def _run_child(n: int, limit_s: float, log: Callable[[str], None]) -> dict[str, 
             try:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
-                result["error"] = "timed out"
+                if "teardown" in result:
+                    result["teardown"] = f"killed after {TEARDOWN_S:.0f}s"
+                else:
+                    result["error"] = "timed out"
                 break
             if line is None:
                 break
