@@ -35,8 +35,13 @@ def run_one(
     limit_s: float = 300.0,
     log: Callable[[str], None] = print,
     report: Optional[Callable[[dict[str, Any]], None]] = None,
+    heartbeat: Optional[float] = None,
 ) -> dict[str, Any]:
-    """One storm of n clients against a fresh broker; `report` gets the result before teardown."""
+    """One storm of n clients against a fresh broker; `report` gets the result before teardown.
+
+    `heartbeat` overrides the clients' heartbeat_interval (a diagnostic: it also sets how
+    long a silent connection is tolerated).
+    """
     from nolag import NoLag
 
     fd_limit = raise_fd_limit(4 * n + 1024)  # our sockets and the broker's (it inherits it)
@@ -45,7 +50,8 @@ def run_one(
     result: dict[str, Any] = {"clients": n, "fd_limit": fd_limit}
     with broker(tokens=None, allow_all=True) as proc:
         broker_rss_idle = proc.rss_kib()
-        clients = [NoLag(f"scale-{n}-{i:05d}", url=proc.url) for i in range(n)]
+        opts = {} if heartbeat is None else {"heartbeat_interval": heartbeat}
+        clients = [NoLag(f"scale-{n}-{i:05d}", url=proc.url, **opts) for i in range(n)]
         try:
             t0 = time.perf_counter()
             for c in clients:
@@ -97,9 +103,13 @@ def run_one(
     return result
 
 
-def _run_child(n: int, limit_s: float, log: Callable[[str], None]) -> dict[str, Any]:
+def _run_child(
+    n: int, limit_s: float, log: Callable[[str], None], heartbeat: Optional[float] = None
+) -> dict[str, Any]:
     """run_one in a fresh process (its own session, so the broker it starts goes with it)."""
     args = [sys.executable, __file__, "--clients", str(n), "--limit", str(limit_s), "--one"]
+    if heartbeat is not None:
+        args += ["--heartbeat", str(heartbeat)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, start_new_session=True)
     result: dict[str, Any] = {"clients": n, "error": "no result"}
     lines: queue.Queue[Optional[str]] = queue.Queue()
@@ -142,10 +152,14 @@ def _run_child(n: int, limit_s: float, log: Callable[[str], None]) -> dict[str, 
 
 
 def run(
-    sizes: tuple[int, ...] = CLIENTS, limit_s: float = 300.0, log: Callable[[str], None] = print
+    sizes: tuple[int, ...] = CLIENTS,
+    limit_s: float = 300.0,
+    log: Callable[[str], None] = print,
+    heartbeat: Optional[float] = None,
 ) -> dict[str, Any]:
     """A storm at every size, each in a fresh process with a fresh broker (clean RSS)."""
-    return {"runs": [_run_child(n, limit_s, log) for n in sizes], "limit_s": limit_s}
+    runs = [_run_child(n, limit_s, log, heartbeat) for n in sizes]
+    return {"runs": runs, "limit_s": limit_s, "heartbeat": heartbeat}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -153,6 +167,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     parser.add_argument("--limit", type=float, default=300.0, help="give up after S seconds")
+    parser.add_argument("--heartbeat", type=float, help="clients' heartbeat_interval (diagnostic)")
     parser.add_argument("--one", action="store_true", help="in this process; JSON on one line")
     args = parser.parse_args(argv)
     if args.one:
@@ -161,9 +176,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.limit,
             log=lambda line: print(line, flush=True),
             report=lambda r: print(RESULT + json.dumps(r), flush=True),
+            heartbeat=args.heartbeat,
         )
         return 0
-    print(json.dumps(run(tuple(args.clients), args.limit), indent=2))
+    print(json.dumps(run(tuple(args.clients), args.limit, heartbeat=args.heartbeat), indent=2))
     return 0
 
 
