@@ -1,0 +1,149 @@
+"""Every code snippet of the README's Scripts, Flask, Django and Testing sections, run for real.
+
+Each ```python block there starts with a comment naming its file (``# app.py``). The
+script runs as a process against a local broker; the Flask app and the test modules run
+together as a user's pytest suite (through the nolag pytest plugin); the Django settings,
+view and template run in a small Django project in another process, so that Django is
+configured nowhere in this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import TOKENS, connected, wait_until
+
+from nolag.broker import EmbeddedBroker
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTIONS = ("Scripts", "Flask", "Django", "Testing your app")
+ENV = {k: v for k, v in os.environ.items() if not k.startswith(("NOLAG_", "DJANGO_"))}
+
+
+def section(title: str) -> str:
+    """The text of one '## title' section of the README."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, f"README.md has no '## {title}' section"
+    return match.group(1)
+
+
+def blocks(title: str, lang: str) -> list[str]:
+    """The fenced blocks of a language in one section, in order."""
+    return re.findall(rf"^```{lang}\n(.*?)^```", section(title), re.S | re.M)
+
+
+def python_files(title: str) -> dict[str, str]:
+    """The section's python blocks by the file name their first line gives."""
+    files = {}
+    for block in blocks(title, "python"):
+        first = block.splitlines()[0]
+        assert re.fullmatch(r"# \w+\.py", first), f"{title}: block must start '# name.py'"
+        files[first[2:]] = block
+    return files
+
+
+def test_every_python_snippet_of_the_sections_names_its_file() -> None:
+    names = {title: sorted(python_files(title)) for title in SECTIONS}
+    assert names == {
+        "Scripts": ["script.py"],
+        "Flask": ["app.py"],
+        "Django": ["settings.py", "views.py"],
+        "Testing your app": ["conftest.py", "test_app.py", "test_presence.py"],
+    }
+
+
+def test_the_script_runs_against_a_broker(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(python_files("Scripts")["script.py"])
+    with connected(broker.url, TOKENS["bob"]) as bob:
+        bob.set_presence({"username": "Bob", "status": "online"}, room="general")
+        wait_until(lambda: bob.get_presence("bob", "general"))
+        result = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**ENV, "NOLAG_URL": broker.url, "NOLAG_TOKEN": TOKENS["alice"]},
+        )
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["alice deploying", "bob online"]
+
+
+def test_the_flask_app_and_the_testing_snippets_pass_as_a_user_suite(tmp_path: Path) -> None:
+    pytest.importorskip("flask")
+    files = {**python_files("Flask"), **python_files("Testing your app")}
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+DJANGO_DRIVER = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+os.environ["DJANGO_SETTINGS_MODULE"] = "readme_settings"
+import django
+django.setup()
+from django.core.management import call_command
+from django.template import engines
+from django.test import Client, RequestFactory
+call_command("check")
+template = engines["django"].from_string(open("template.html").read())
+print(json.dumps({
+    "online": Client().get("/online").json(),
+    "page": template.render({}, request=RequestFactory().get("/")),  # with context processors
+}))
+"""
+
+
+def test_the_django_settings_view_and_template_work(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    files = python_files("Django")
+    [template] = blocks("Django", "django")
+    settings = files["settings.py"] + textwrap.dedent(
+        """
+        SECRET_KEY = "readme"
+        ROOT_URLCONF = "readme_urls"
+        ALLOWED_HOSTS = ["testserver"]
+        DATABASES = {}
+        """
+    )
+    (tmp_path / "readme_settings.py").write_text(settings)
+    (tmp_path / "views.py").write_text(files["views.py"])
+    (tmp_path / "readme_urls.py").write_text(
+        "from django.urls import path\nimport views\nurlpatterns = [path('online', views.online)]\n"
+    )
+    (tmp_path / "template.html").write_text(template)
+    (tmp_path / "driver.py").write_text(DJANGO_DRIVER)
+    with connected(broker.url, TOKENS["alice"]) as alice:
+        alice.set_presence({"username": "Alice"}, room="general")
+        wait_until(lambda: alice.get_presence("alice", "general"))
+        result = subprocess.run(
+            [sys.executable, "driver.py"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**ENV, "NOLAG_URL": broker.url, "NOLAG_TOKEN": "dev-token-backend"},
+        )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert [a["actorTokenId"] for a in out["online"]["online"]] == ["alice"]
+    page = " ".join(out["page"].split())
+    assert "<p>1 online</p>" in page and "<li>Alice since " in page and "1 in general" in page
