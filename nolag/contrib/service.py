@@ -151,8 +151,8 @@ class PresenceSettings:
     """How a web app's presence client is built and queried, validated when created.
 
     `room` is the room the app shows by default; with `presence` set, the app's own client
-    announces that data in `room` and answers from its live cache, otherwise it observes
-    and asks the server (REST, cached for `fetch_ttl` seconds).
+    announces that data in `room` (project level without a room) and answers from its live
+    cache, otherwise it observes and asks the server (REST, cached for `fetch_ttl` seconds).
     """
 
     #: the app's actor token (a server token, typically)
@@ -288,9 +288,8 @@ class PresenceService:
             client = self._client_factory(settings)
         else:
             client = NoLag(settings.token, **settings.client_kwargs())
-        announce = settings.presence is not None and settings.room is not None
-        if announce:
-            assert settings.presence is not None
+        announce = settings.presence is not None  # in `room`, or project level without one
+        if settings.presence is not None:
             client.set_presence(settings.presence, room=settings.room)
         if not client.connected:
             client.connect(timeout=settings.connect_timeout or None)
