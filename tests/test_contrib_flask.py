@@ -212,3 +212,15 @@ def test_a_forked_worker_builds_its_own_client(broker: EmbeddedBroker) -> None:
             alice.set_presence({"username": "Alice"}, room="general")
             wait_until(lambda: presence.is_online("alice"))
     presence.reset(app)
+
+
+def test_presence_without_a_room_is_announced_at_project_level(broker: EmbeddedBroker) -> None:
+    with connected(broker.url, TOKENS["alice"]) as alice:
+        alice.set_presence({"username": "Alice"})  # project level
+        wait_until(lambda: alice.get_presence("alice"))
+        app, presence = make_app(broker, NOLAG_PRESENCE={"username": "web"})
+        with app.app_context():
+            assert [p.actor_token_id for p in presence.online()] == ["alice"]  # warmed up
+            assert presence.client.room is None
+            wait_until(lambda: alice.get_presence("backend"))  # the app announced itself
+        presence.reset(app)
