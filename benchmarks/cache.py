@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import random
 import statistics
@@ -67,7 +68,7 @@ def measure_client(url: str, k: int, calls: int) -> dict[str, Any]:
         same = client.get_all_presence() is snap
         all_ns = _ns_per_call(client.get_all_presence, calls)
         ids = [f"actor-{random.randrange(k):06d}" for _ in range(1024)]
-        it = iter(ids * (calls // 1024 + 2))
+        it = itertools.cycle(ids)
         get_ns = _ns_per_call(lambda: client.get_presence(next(it)), calls // 5)
         assert client.get_presence(ids[0]) is not None
         after_change = []
