@@ -88,7 +88,7 @@ def test_extension_is_registered_and_reads_config_on_first_use(broker: EmbeddedB
     app = flask.Flask(__name__)
     presence = NoLagPresence()
     presence.init_app(app)
-    assert "nolag" in app.extensions
+    assert app.extensions["nolag"] is presence
     app.config.update(NOLAG_TOKEN=TOKENS_BACKEND, NOLAG_URL=broker.url)  # after init_app
     with app.app_context():
         assert broker.connection_count() == 0  # nothing connects before first use
@@ -96,6 +96,7 @@ def test_extension_is_registered_and_reads_config_on_first_use(broker: EmbeddedB
         assert client.connected and client.actor_id == "backend"
         assert presence.client is client
         assert flask.render_template_string("{{ nolag.count() }}") == "0"
+        assert flask.current_app.extensions["nolag"].client is client
     presence.reset(app)
     wait_until(lambda: broker.connection_count() == 0)
 

@@ -7,14 +7,16 @@ Configuration comes from ``app.config`` (read on first use, so it may be set aft
 ``NOLAG_INCLUDE_SELF`` and ``NOLAG_FETCH_TTL`` (see `PresenceSettings`).
 
 Each worker process gets its own client, connected on the first request that needs it
-and rebuilt after a fork. The extension is ``app.extensions["nolag"]`` and, in templates,
-``nolag`` (``{% for actor in nolag.online() %}``).
+and rebuilt after a fork. The extension is ``app.extensions["nolag"]``
+(``current_app.extensions["nolag"].online()``) and, in templates, ``nolag``
+(``{% for actor in nolag.online() %}``).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
+import weakref
+from typing import Optional
 
 from flask import Flask, current_app
 
@@ -31,19 +33,19 @@ CONFIG_PREFIX = "NOLAG_"
 class _AppState:
     """Per-app state: the PresenceService, created from app.config on first use."""
 
-    def __init__(self, app: Flask, client_factory: Optional[ClientFactory]) -> None:
-        self.app = app
+    def __init__(self, client_factory: Optional[ClientFactory]) -> None:
         self.client_factory = client_factory
         self.lock = threading.Lock()
         self.service: Optional[PresenceService] = None
 
-    def get(self) -> PresenceService:
+    def get(self, app: Flask) -> PresenceService:
+        """The service, built from `app`'s config on first use (no reference to `app` kept)."""
         service = self.service
         if service is not None:
             return service
         with self.lock:
             if self.service is None:
-                self.service = PresenceService(settings_from_config(self.app), self.client_factory)
+                self.service = PresenceService(settings_from_config(app), self.client_factory)
             return self.service
 
 
@@ -71,21 +73,33 @@ class NoLagPresence:
         """Bind to `app` now, or later with init_app(); `client_factory` builds custom clients."""
         self.app = app
         self._client_factory = client_factory
+        self._states: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Register on `app`: app.extensions["nolag"], and `nolag` in every template."""
-        app.extensions[EXTENSION_KEY] = _AppState(app, self._client_factory)
+        """Register on `app`: app.extensions["nolag"] is this extension; templates see `nolag`."""
+        self._states[app] = _AppState(self._client_factory)
+        app.extensions[EXTENSION_KEY] = self
         app.context_processor(lambda: {"nolag": self})
+
+    def _app(self, app: Optional[Flask]) -> Flask:
+        """`app`, else the bound app, else the real app behind the current_app proxy."""
+        if app is not None:
+            return app
+        return self.app or current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def _state(self, app: Flask) -> _AppState:
+        """The per-app state of `app`; RuntimeError if init_app(app) was not called."""
+        state = self._states.get(app)
+        if state is None:
+            raise RuntimeError("NoLagPresence is not registered on this app; call init_app(app)")
+        return state
 
     def service(self, app: Optional[Flask] = None) -> PresenceService:
         """The PresenceService of `app` (default: the bound app, else current_app)."""
-        app = app or self.app or current_app
-        state: Any = app.extensions.get(EXTENSION_KEY)
-        if not isinstance(state, _AppState):
-            raise RuntimeError("NoLagPresence is not registered on this app; call init_app(app)")
-        return state.get()
+        app = self._app(app)
+        return self._state(app).get(app)
 
     @property
     def client(self) -> NoLag:
@@ -106,10 +120,8 @@ class NoLagPresence:
 
     def reset(self, app: Optional[Flask] = None) -> None:
         """Disconnect this worker's client and re-read the config on next use (e.g. in tests)."""
-        app = app or self.app or current_app
-        state: Any = app.extensions.get(EXTENSION_KEY)
-        if isinstance(state, _AppState):
-            with state.lock:
-                service, state.service = state.service, None
-            if service is not None:
-                service.close()
+        state = self._state(self._app(app))
+        with state.lock:
+            service, state.service = state.service, None
+        if service is not None:
+            service.close()
