@@ -233,6 +233,7 @@ class NoLag:
         self._pending: collections.deque[_Pending] = collections.deque()
         # while the reader applies a batch of frames, events collect here (lock held)
         self._batch: Optional[list[tuple[Registry, str, tuple[Any, ...]]]] = None
+        self._now = 0.0  # monotonic time of the batch being applied
         self._fork_pending = False  # set in a forked child that must reconnect on first use
         # socket reads wake this often; a write blocked this long drops the connection
         self._io_timeout = max(1.0, min(5.0, self.options.heartbeat_interval))
@@ -839,12 +840,18 @@ class NoLag:
         """
         self.stats.frames_received += len(payloads)
         decode = protocol.decode_frame
+        presence_event = protocol.PresenceEvent
         with self._changed:
             version = self._store.version
             self._batch = []
+            self._now = time.monotonic()
             try:
                 for payload in payloads:
-                    self._apply(decode(payload))
+                    frame = decode(payload)
+                    if type(frame) is presence_event:
+                        self._apply_event(frame)
+                    else:
+                        self._apply(frame)
             finally:
                 batch, self._batch = self._batch, None
                 self._dispatcher.emit_many(batch)
@@ -876,20 +883,20 @@ class NoLag:
             log.debug("nolag: ignored a bad frame: %s", frame.reason)
 
     def _apply_event(self, event: protocol.PresenceEvent) -> None:
-        if event.room_given:
-            room = event.room
-        else:  # the real broker: the event belongs to our socket's room
+        kind, actor, _, room, room_given, _, _ = event  # one unpack: the hot path
+        if not room_given:  # the real broker: the event belongs to our socket's room
             if self._stale_room_leaves:
                 # still events of a room we switched away from, until our own leave from it
-                if event.kind == "leave" and event.actor_token_id == self._actor_id:
+                if kind == "leave" and actor == self._actor_id:
                     self._stale_room_leaves -= 1
                 return
             room = self._socket_room
-        if room is not None and room != self._socket_room:
-            return  # a room we are no longer in; its cache was dropped
-        if room is not None and event.actor_token_id == self._actor_id and event.kind != "leave":
-            self._room_confirmed = True
-        self._emit_all(self._store.apply_event(event, room, time.monotonic()))
+        if room is not None:
+            if room != self._socket_room:
+                return  # a room we are no longer in; its cache was dropped
+            if actor == self._actor_id and kind != "leave":
+                self._room_confirmed = True
+        self._emit_all(self._store.apply_event(event, room, self._now))
 
     def _apply_list(self, reply: protocol.PresenceList) -> None:
         pending = self._pop_pending(("room", reply.room))
@@ -1067,12 +1074,24 @@ class NoLag:
         self._queue_event(self._events, event, args)
 
     def _emit_all(self, events: Sequence[PublicEvent]) -> None:
+        if not events:
+            return
+        self.stats.events_emitted += len(events)
+        registry = self._events
+        handlers = registry._handlers
+        rooms = self._rooms
+        batch = self._batch
         for event in events:
-            self.stats.events_emitted += 1
-            self._queue_event(self._events, event.name, (event.actor,))
-            context = self._rooms.get(event.room) if event.room is not None else None
-            if context is not None:
-                self._queue_event(context._events, event.name, (event.actor,))
+            name, actor, room = event.name, event.actor, event.room
+            if name in handlers:
+                if batch is not None:
+                    batch.append((registry, name, (actor,)))
+                else:
+                    self._dispatcher.emit(registry, name, actor)
+            if room is not None and rooms:
+                context = rooms.get(room)
+                if context is not None:
+                    self._queue_event(context._events, name, (actor,))
 
     def _emit_to(self, registry: Registry, events: Sequence[PublicEvent]) -> None:
         for event in events:

@@ -166,7 +166,7 @@ class Dispatcher:
                 self._call(registry, event, args)
 
     def _call(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
-        for handler in registry.handlers(event):
+        for handler in registry._handlers.get(event, ()):
             try:
                 handler(*args)
             except Exception as exc:

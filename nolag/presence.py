@@ -428,16 +428,31 @@ class PresenceStore:
         gone = self._gone
         gone[key] = seq
         gone.move_to_end(key)
-        while len(gone) > self._max_gone:
+        if len(gone) > self._max_gone:
             gone.popitem(last=False)
 
     def _changed_events(self, mem: _Member, before: ActorPresence) -> list[PublicEvent]:
-        """After a change to a present membership: an update if its data changed."""
-        self._refresh(mem)
-        view = mem.view
-        if view is not None and not same_data(before.presence, view.presence):
-            return [PublicEvent(UPDATE, view, mem.room, before)]
-        return []
+        """After a change to a present membership: an update if its data changed.
+
+        `before` is the membership's view before the change; the data is compared once
+        (this runs for every update on the reader's hot path).
+        """
+        same = same_data(before.presence, mem.data)
+        count = mem.count
+        if (
+            same
+            and before.connections == count
+            and before.joined_at == mem.joined_at
+            and before.actor_type == mem.actor_type
+        ):
+            return []
+        mem.view = view = ActorPresence(
+            mem.actor, mem.data, mem.actor_type, mem.joined_at, mem.room, count
+        )
+        self._tick += 1
+        mem.changed = self._tick
+        self._invalidate(mem.room)
+        return [] if same else [PublicEvent(UPDATE, view, mem.room, before)]
 
     # ------------------------------------------------------------ events
 
@@ -449,34 +464,37 @@ class PresenceStore:
         """
         self._seq += 1
         seq = self._seq
-        actor = ev.actor_token_id
-        cid = ev.connection_id
+        kind, actor, presence, _, _, cid, actor_type = ev  # one unpack: the hot path
         members = self._rooms.get(room)
         mem = members.get(actor) if members is not None else None
-        if ev.kind == "leave":
+        if kind == "leave":
             return self._leave(room, actor, cid, mem, seq, now)
-        if ev.kind not in ("join", "update"):
+        if kind != "join" and kind != "update":
             return []
-        data = _data(ev.presence)
+        data = _data(presence)
         if self._gone:
             self._gone.pop((room, actor, cid), None)
         if mem is None:
             mem = _Member(actor, room, data)
-            mem.actor_type = ev.actor_type
+            mem.actor_type = actor_type
             if cid is None:
                 mem.anon = 1
-                mem.anon_seq, mem.anon_kind = seq, ev.kind
+                mem.anon_seq, mem.anon_kind = seq, kind
             else:
                 mem.conns[cid] = _Conn(data, None, (seq, 0))
-            self._add(mem)
-            self._refresh(mem)
-            assert mem.view is not None
-            return [PublicEvent(JOIN, mem.view, room)]
+            if members is None:
+                members = self._rooms[room] = {}
+            members[actor] = mem
+            mem.view = view = ActorPresence(actor, data, actor_type, None, room, 1)
+            self._tick += 1
+            mem.changed = self._tick
+            self._invalidate(room)
+            return [PublicEvent(JOIN, view, room)]
         before = mem.view
         assert before is not None
         if cid is None:
-            mem.anon_seq, mem.anon_kind = seq, ev.kind
-            if ev.kind == "join" and not mem.take_credit(data, now):
+            mem.anon_seq, mem.anon_kind = seq, kind
+            if kind == "join" and not mem.take_credit(data, now):
                 mem.anon += 1
         else:
             conn = mem.conns.get(cid)
@@ -486,7 +504,7 @@ class PresenceStore:
             else:
                 # a connection we have not seen: a list-learned anonymous socket (its late
                 # join, or an update from it), else a new socket (or a missed join)
-                if ev.kind == "join":
+                if kind == "join":
                     converted = mem.take_credit(data, now)
                 else:
                     converted = mem.take_credit(data, now) or mem.anon > 0
@@ -495,8 +513,8 @@ class PresenceStore:
                     mem.credits = min(mem.credits, mem.anon)
                 mem.conns[cid] = _Conn(data, None, (seq, 0))
         mem.data = data
-        if ev.actor_type is not None:
-            mem.actor_type = ev.actor_type
+        if actor_type is not None:
+            mem.actor_type = actor_type
         return self._changed_events(mem, before)
 
     def _leave(

@@ -112,7 +112,9 @@ class Transport:
             raise ConnectionClosedError(f"protocol violation by the server: {exc}") from exc
         batch: list[bytes] = []
         for event in events:
-            if type(event) is Message:
+            if type(event) is bytes:
+                batch.append(event)
+            elif type(event) is Message:
                 batch.append(event.payload)
             elif type(event) is Ping:
                 self._pong(event.payload)

@@ -45,7 +45,7 @@ class WebSocketViolation(Exception):
 
 
 class Message:
-    """A complete data message (its fragments joined): opcode OP_TEXT or OP_BINARY."""
+    """A complete text message (its fragments joined); binary messages come as bytes."""
 
     __slots__ = ("opcode", "payload")
 
@@ -110,18 +110,21 @@ class Close:
         return f"Close({self.code}, {self.reason!r})"
 
 
-Event = Union[Message, Ping, Pong, Close]
+#: what feed() returns: a binary message is just its bytes (the common case, kept cheap)
+Event = Union[bytes, Message, Ping, Pong, Close]
 
 _VALID_CLOSE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
-def _message(opcode: int, payload: bytes) -> Message:
-    """A complete message; a text message must be valid UTF-8 (RFC 6455, 8.1)."""
-    if opcode == OP_TEXT:
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise WebSocketViolation("text message is not UTF-8", CLOSE_INVALID_DATA) from None
+def _message(opcode: int, payload: bytes) -> Union[bytes, Message]:
+    """A complete message: a binary one as its bytes, a text one (valid UTF-8, RFC 6455
+    8.1) as a Message."""
+    if opcode == OP_BINARY:
+        return payload
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebSocketViolation("text message is not UTF-8", CLOSE_INVALID_DATA) from None
     return Message(opcode, payload)
 
 
@@ -142,6 +145,8 @@ def _close_payload(payload: bytes) -> Close:
 
 class FrameReader:
     """Feed it bytes from the socket; it returns the complete messages and control frames.
+
+    A binary message comes back as its bytes, a text message as a `Message`.
 
     `max_message` bounds a message (all its fragments), so a hostile server cannot make
     the client buffer without limit. After a violation or a close the reader is spent.
@@ -176,6 +181,14 @@ class FrameReader:
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
+            if b0 == 0x82 and b1 < 126 and b1 <= self.max_message and not self._frag_opcode:
+                # the hot path: a whole, short, unmasked binary message
+                stop = pos + 2 + b1
+                if stop > end:
+                    break
+                append(buf[pos + 2 : stop])
+                pos = stop
+                continue
             length = b1 & 0x7F
             head = 2
             if length == 126:
