@@ -226,18 +226,22 @@ def markdown(res: dict[str, Any]) -> str:
             "RSS (MiB) | RSS/client (KiB) | broker RSS (MiB) | reconnects |",
             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
+        notes = []
         for r in sca["runs"]:
-            if "error" in r and "converged" not in r:
-                lines.append(f"| {r['clients']} | failed: {r['error']} |||||||||")
+            if "converged" not in r:
+                lines.append(f"| {r['clients']} | failed: {r.get('error', '?')} |||||||||")
                 continue
+            if r.get("error"):
+                notes.append(f"{r['clients']} clients: {r['error']}")
+            rss = r.get("rss_mib")
             lines.append(
                 f"| {r['clients']:,} | {_fmt(r['connect_s'], 1)} | {_fmt(r.get('converge_s'), 1)}"
                 f" | {r['clients_converged']}/{r['clients']} | "
                 f"{_fmt(r.get('frames_per_s'), 0)} | {_fmt(r['threads_per_client'], 1)} | "
-                f"{r['rss_mib']:.0f} | {r['rss_per_client_kib']:.0f} | "
-                f"{r['broker_rss_mib']:.0f} | {r.get('reconnects', '-')} |"
+                f"{_fmt(rss, 0)} | {_fmt(r.get('rss_per_client_kib'), 0)} | "
+                f"{_fmt(r.get('broker_rss_mib'), 0)} | {r.get('reconnects', '-')} |"
             )
-        lines.append("")
+        lines += [""] + [f"Note: {x}." for x in notes] + ([""] if notes else [])
     brk = s.get("broker")
     if brk and "fanout" in brk:
         f, c = brk["fanout"], brk["idle"]
