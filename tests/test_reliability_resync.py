@@ -315,8 +315,8 @@ def test_reconnect_reauths_with_the_flag_and_resends_own_presence(
         proxy.unblock()
         wait_until(lambda: alice.connected, timeout=5)
         wanted = {"name": "Alice", "status": "away"}
-        wait_until(lambda: (bob.get_presence("alice", ROOM) or _none()).presence == wanted)
-        wait_until(lambda: (alice.get_presence("alice", ROOM) or _none()).presence == wanted)
+        wait_until(lambda: _data(bob, "alice") == wanted)
+        wait_until(lambda: _data(alice, "alice") == wanted)
         wait_until(lambda: alice.get_presence("bob", ROOM) is not None)
         assert [i[0] for i in seen.about("alice")] == [
             "presence:join",
@@ -337,11 +337,10 @@ def test_reconnect_reauths_with_the_flag_and_resends_own_presence(
         bob.disconnect()
 
 
-def _none() -> Any:
-    class Absent:
-        presence = None
-
-    return Absent()
+def _data(client: NoLag, actor: str) -> Any:
+    """The actor's presence data in ROOM as the client's cache has it (None if absent)."""
+    found = client.get_presence(actor, ROOM)
+    return thaw(found.presence) if found is not None else None
 
 
 def test_cache_and_event_log_match_the_truth_after_a_cut(
