@@ -5,7 +5,7 @@ frame it sends or reads is reported from its real socket, so the tests check the
 as well as what its API returns. Expected frames are the real broker's, from
 shared/transcripts (cited as "transcript NN #line"), compared after removing the local
 broker's documented extensions (``roomId`` in events, ``connectionId``, ``actorType``,
-``rateLimit`` in the auth reply).
+``updateSeq`` in list entries, ``rateLimit`` in the auth reply).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def kraken_view(frame: dict[str, Any]) -> dict[str, Any]:
         if out.get("roomId") is None:
             out.pop("roomId", None)
         out["data"] = [
-            {k: v for k, v in entry.items() if k not in ("connectionId", "actorType")}
+            {k: v for k, v in entry.items() if k not in ("connectionId", "actorType", "updateSeq")}
             for entry in out["data"]
         ]
     return out
