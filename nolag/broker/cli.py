@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nolag broker",
         description="Run the local NoLag-compatible broker: /ws (the wire protocol), "
         "/v1/presence (REST) and /health.",
+        epilog="exit codes: 0 stopped cleanly (Ctrl-C), 1 cannot serve (e.g. the port is "
+        "taken), 2 bad arguments or a bad token file",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
