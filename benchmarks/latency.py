@@ -4,7 +4,7 @@ A `nolag broker` runs as its own process (so its event loop does not share our G
 The sender sets presence at a fixed rate with a sequence number; the receiver's
 `presence:update` callback records the time from set_presence() to the callback. The
 baseline does the same with two bare websocket-client sockets and msgpack, measured in
-the same run, so the ratio is meaningful on a noisy shared machine.
+the same run, in alternating blocks, so the ratio is meaningful on a noisy shared machine.
 
     python benchmarks/latency.py --rate 100 --count 1000
 """
@@ -144,18 +144,28 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def run(rates: list[float], count: int) -> list[dict[str, Any]]:
-    """Bare and nolag at each rate, against one broker; p50/p99/max and the p99 ratio."""
+def run(rates: list[float], count: int, blocks: int = 4) -> list[dict[str, Any]]:
+    """Bare and nolag at each rate, against one broker; p50/p99/max and the ratios.
+
+    Each side sends `count` updates in `blocks` alternating blocks (bare, nolag, bare, ...),
+    so both see the same spells of noise on a shared machine.
+    """
     results = []
     with broker() as proc:
         url = proc.url
         for rate in rates:
-            bare = summary(run_bare(url, rate, count))
-            ours = summary(run_nolag(url, rate, count))
+            samples: dict[str, list[float]] = {"bare": [], "nolag": []}
+            sizes = [count // blocks + (1 if i < count % blocks else 0) for i in range(blocks)]
+            for size in sizes:
+                if size:
+                    samples["bare"] += run_bare(url, rate, size)
+                    samples["nolag"] += run_nolag(url, rate, size)
+            bare, ours = summary(samples["bare"]), summary(samples["nolag"])
             results.append(
                 {
                     "rate": rate,
                     "count": count,
+                    "blocks": blocks,
                     "bare": bare,
                     "nolag": ours,
                     "p50_ratio": ours["p50_ms"] / bare["p50_ms"],
@@ -169,10 +179,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run the latency benchmark alone and print a table (or JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, action="append", help="updates/s (repeatable)")
-    parser.add_argument("--count", type=int, default=1000, help="updates per run")
+    parser.add_argument("--count", type=int, default=1000, help="updates per rate and side")
+    parser.add_argument("--blocks", type=int, default=4, help="alternating blocks per side")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
-    results = run(args.rate or [100.0, 1000.0], args.count)
+    results = run(args.rate or [100.0, 1000.0], args.count, args.blocks)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
