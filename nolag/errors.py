@@ -78,7 +78,8 @@ class ServerError(NoLagError):
             parts.append(f"topic={topic!r}")
         if hint:
             parts.append(f"- {hint}")
-        super().__init__(" ".join(parts))
+        self.message = " ".join(parts)  # the human-readable text, also str(exc)
+        super().__init__(self.message)
         self.error = error
         self.code = code
         self.hint = hint

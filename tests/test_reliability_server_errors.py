@@ -224,12 +224,6 @@ def test_every_error_frame_is_typed_and_the_connection_stays(
     assert len(evil.connections()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="ServerError has no `message` attribute (issue #3 point 7 asks for code, message "
-    "and hint); the human-readable text exists only as str(exc)",
-)
 def test_error_exceptions_expose_a_message_attribute(
     evil: EvilServer, clients: Callable[..., NoLag]
 ) -> None:
