@@ -1,6 +1,6 @@
 """Run every nolag benchmark in one command and print the results as ratios beside baselines.
 
-    python benchmarks/run.py                   # the full run (about 10-15 minutes on 2 cores)
+    python benchmarks/run.py                   # the full run (about 10 minutes on 2 cores)
     python benchmarks/run.py --quick           # tiny sizes: a smoke run (CI), well under 60 s
     python benchmarks/run.py --only ingest --only cache --json out.json
 
