@@ -264,7 +264,7 @@ def run(
     it when missing, "skip" leaves (d) out.
     """
     python: Optional[Path] = None
-    why = "skipped (--no-official)"
+    why = "skipped (--official skip)"
     if official == "install":
         python, why = install_official()
     elif official == "auto":
