@@ -762,9 +762,13 @@ class NoLag:
         interval = self.options.heartbeat_interval
         now = time.monotonic()
         if now - transport.last_received > 2 * interval + min(5.0, interval / 2):
-            log.warning("nolag: no frame from the server for %.1fs; reconnecting", 2 * interval)
-            transport.abort()
-            return
+            if transport.input_pending():
+                # the server did send; our reader is behind (a starved thread), not dead
+                transport.last_received = now
+            else:
+                log.warning("nolag: no frame from the server for %.1fs; reconnecting", 2 * interval)
+                transport.abort()
+                return
         if now - self._last_heartbeat >= interval:
             self._last_heartbeat = now
             self._send(transport, protocol.HEARTBEAT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
@@ -141,6 +142,19 @@ class Transport:
                 if rest:
                     self.unread(rest)
                 return first
+
+    def input_pending(self) -> bool:
+        """True if bytes wait unread in the socket: the peer is alive, our reader is behind."""
+        if self._closed.is_set():
+            return False
+        pending = getattr(self._sock, "pending", None)  # TLS: decrypted bytes in the SSL buffer
+        if pending is not None and pending():
+            return True
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
 
     @property
     def closed(self) -> bool:

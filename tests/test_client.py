@@ -337,3 +337,22 @@ def test_disconnect_leaves_no_thread_and_clears_the_cache(broker: EmbeddedBroker
         c.disconnect()
     assert not nolag_threads()
     assert clients[0].get_all_presence() == ()
+
+
+def test_a_starved_reader_is_not_mistaken_for_a_dead_server(broker: EmbeddedBroker) -> None:
+    """Bytes waiting in the socket prove the server alive even when our reader is behind
+    (many clients in one process starve each other's threads); only silence is death."""
+    with (
+        connected(broker.url, TOKENS["alice"], heartbeat_interval=0.2) as alice,
+        connected(broker.url, TOKENS["bob"]) as bob,
+    ):
+        alice.set_presence({"a": 1}, room="general")
+        wait_until(lambda: alice.get_presence("alice"))
+        with alice._lock:  # the reader cannot apply anything: it stops reading
+            for i in range(20):
+                bob.set_presence({"n": i}, room="general")
+                time.sleep(0.05)
+            time.sleep(1.0)  # well past 2 x heartbeat + margin (0.5 s)
+        wait_until(lambda: (alice.get_presence("bob") or ActorPresence("x")).presence == {"n": 19})
+        assert alice.connected
+        assert alice.stats.reconnects == 0
