@@ -65,6 +65,15 @@ def _msg_ref(frame: Frame) -> Any:
     return None
 
 
+def _bad_room_field(frame: Frame) -> Frame:
+    """The error for a ``roomId`` that is neither a slug nor nil."""
+    return frames.error(
+        frames.INVALID_MESSAGE,
+        hint="roomId must be a room slug (string) or nil",
+        msgRef=_msg_ref(frame),
+    )
+
+
 def _rate_limited(frame: Frame | None) -> Frame:
     """The rate-limit error, naming the refused request (roomId, lobbyId, topic, msgRef).
 
@@ -264,14 +273,7 @@ class BrokerCore:
         """Set the socket's presence in a room, or at project level without ``roomId``."""
         valid, room = self._room_field(frame)
         if not valid:
-            return self._reply(
-                conn,
-                frames.error(
-                    frames.INVALID_MESSAGE,
-                    hint="roomId must be a room slug (string) or nil",
-                    msgRef=_msg_ref(frame),
-                ),
-            )
+            return self._reply(conn, _bad_room_field(frame))
         if "data" in frame and frame["data"] is None:
             # clearing presence (the official SDK's clear_presence): leave, where the real
             # broker would broadcast an update with nil presence
@@ -300,14 +302,7 @@ class BrokerCore:
         """List a room's presence (one entry per socket), or project level without roomId."""
         valid, room = self._room_field(frame)
         if not valid:
-            return self._reply(
-                conn,
-                frames.error(
-                    frames.INVALID_MESSAGE,
-                    hint="roomId must be a room slug (string) or nil",
-                    msgRef=_msg_ref(frame),
-                ),
-            )
+            return self._reply(conn, _bad_room_field(frame))
         if room is None:
             members = self.registry.project_members(identity.project_id)
         else:
