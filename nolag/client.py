@@ -862,10 +862,6 @@ class NoLag:
             if self._store.version != version:
                 self._changed.notify_all()
 
-    def _handle(self, payload: bytes) -> None:
-        """Decode one frame and apply it (see _handle_batch)."""
-        self._handle_batch([payload])
-
     def _apply(self, frame: Union[protocol.ServerFrame, protocol.ProtocolError]) -> None:
         """Route one decoded frame to its handler (lock held)."""
         if isinstance(frame, protocol.PresenceEvent):

@@ -131,18 +131,6 @@ class Transport:
             raise self._close_error
         return batch
 
-    def recv(self) -> Optional[bytes]:
-        """The next data message, or None if none came within the socket timeout."""
-        while True:
-            batch = self.recv_batch()
-            if batch is None:
-                return None
-            if batch:
-                first, rest = batch[0], batch[1:]
-                if rest:
-                    self.unread(rest)
-                return first
-
     def input_pending(self) -> bool:
         """True if bytes wait unread in the socket: the peer is alive, our reader is behind."""
         if self._closed.is_set():
