@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 import transcripts
-from helpers import free_port, nolag_threads, wait_for_health, wait_until
+from helpers import free_port, nolag_threads, spawn_broker, wait_until
 from rawclient import RawClient
 
 from nolag.broker import EmbeddedBroker
@@ -117,22 +116,8 @@ def broker_process() -> Iterator[str]:
         yield external
         return
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nolag",
-            "broker",
-            "--port",
-            str(port),
-            "--tokens",
-            str(TOKENS_PATH),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = spawn_broker(port, str(TOKENS_PATH))
     try:
-        wait_for_health(f"http://127.0.0.1:{port}/health", proc)
         yield f"ws://127.0.0.1:{port}/ws"
     finally:
         proc.terminate()

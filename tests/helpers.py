@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -86,6 +87,17 @@ def wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 20
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"broker at {url} not healthy within {timeout}s")
+
+
+def spawn_broker(port: int, tokens: str, *extra: str) -> subprocess.Popen[bytes]:
+    """A `nolag broker` process on `port` with a token file, returned once it is healthy."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nolag", "broker", "--port", str(port), "--tokens", tokens, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for_health(f"http://127.0.0.1:{port}/health", proc)
+    return proc
 
 
 def nolag_threads() -> list[str]:

@@ -23,7 +23,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from typing import Any, Optional
 import msgpack
 import pytest
 from faultproxy import FaultProxy, client_messages, proxy_threads
-from helpers import TOKENS, free_port, wait_for_health, wait_until
+from helpers import TOKENS, free_port, spawn_broker, wait_until
 from rawclient import RawClient
 
 from nolag import ConnectionState, NoLag
@@ -418,24 +417,7 @@ def test_cache_and_event_log_match_the_truth_after_a_cut(
 
 
 def _spawn_broker(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nolag",
-            "broker",
-            "--port",
-            str(port),
-            "--tokens",
-            str(TOKENS_PATH),
-            "--log-level",
-            "ERROR",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    wait_for_health(f"http://127.0.0.1:{port}/health", proc)
-    return proc
+    return spawn_broker(port, str(TOKENS_PATH), "--log-level", "ERROR")
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
