@@ -1,11 +1,13 @@
 """The public facade `NoLag`: connect/auth, presence calls, the cache, reconnects, threads.
 
-Threads per client (all daemons, joined by disconnect()):
-- ``nolag-reader-<n>``: owns the connection; decodes frames, applies them to the store,
-  queues public events; on an unexpected loss it runs the reconnect loop itself.
+Threads (all daemons, joined by disconnect()):
+- ``nolag-reader-<k>``: one per process, shared by every client (nolag.readloop): reads
+  each socket when it is readable and calls the owner's `_on_batch`, which decodes the
+  frames, applies them to the store and queues public events.
 - ``nolag-heartbeat-<n>``: the client's timer thread: the empty-frame heartbeat, the
   liveness check, coalesced presence flushes and typing-indicator timeouts.
 - ``nolag-dispatcher-<n>``: runs user callbacks in order (see nolag.events).
+- ``nolag-reconnect-<n>``: only after an unexpected loss, while it reconnects with backoff.
 
 Own presence is *desired state*: set_presence() records what this client wants to show,
 and a flush sends whatever differs from what this connection has sent, at most
@@ -43,6 +45,7 @@ from nolag.errors import (
 from nolag.events import Dispatcher, Handler, Registry
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions, freeze
 from nolag.presence import PresenceStore, PublicEvent
+from nolag.readloop import read_loop
 from nolag.rest import NoRestEndpoint, RestClient
 from nolag.timers import Scheduler, TimerHandle, TokenBucket
 from nolag.transport import Transport
@@ -205,7 +208,7 @@ class NoLag:
         self._disconnected.set()
         self._state = ConnectionState.DISCONNECTED
         self._transport: Optional[Transport] = None
-        self._reader: Optional[threading.Thread] = None
+        self._reconnector: Optional[threading.Thread] = None
         self._store = PresenceStore()
         self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events)
         self._scheduler = Scheduler(f"nolag-heartbeat-{self._number}")
@@ -302,10 +305,6 @@ class NoLag:
             raise
         self._dispatcher.start()
         self._on_open(transport, auth, "connect")
-        self._reader = threading.Thread(
-            target=self._run_reader, name=f"nolag-reader-{self._number}", daemon=True
-        )
-        self._reader.start()
         tick = min(1.0, self.options.heartbeat_interval / 4)
         self._last_heartbeat = time.monotonic()
         self._heartbeat_timer = self._scheduler.call_every(tick, self._heartbeat)
@@ -338,9 +337,10 @@ class NoLag:
             transport.close(timeout=min(timeout, 2.0))
         deadline = time.monotonic() + timeout
         self._scheduler.stop(max(0.0, deadline - time.monotonic()))
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not threading.current_thread():
-            reader.join(max(0.0, deadline - time.monotonic()))
+        reconnector, self._reconnector = self._reconnector, None
+        if reconnector is not None and reconnector is not threading.current_thread():
+            reconnector.join(max(0.0, deadline - time.monotonic()))
+        read_loop().join_if_idle(max(0.0, deadline - time.monotonic()))
         if was is not ConnectionState.DISCONNECTED:
             self._emit("disconnect", "client disconnected")
         self._dispatcher.stop(max(0.1, deadline - time.monotonic()))
@@ -609,6 +609,9 @@ class NoLag:
         """
         with self._io_lock:
             with self._lock:
+                if self._closing.is_set():  # disconnect() won the race with a reconnect
+                    transport.abort()
+                    return
                 self._transport = transport
                 self._actor_id = auth.actor_token_id
                 self._project_id = auth.project_id
@@ -637,6 +640,7 @@ class NoLag:
                     self._emit(event)
             for frame in frames:
                 self._send(transport, frame)
+        read_loop().add(transport, self._on_batch, self._on_lost)
         self._flush()
 
     def _make_bucket(self, auth: protocol.AuthOk) -> Optional[TokenBucket]:
@@ -679,36 +683,19 @@ class NoLag:
         if old is not None:
             old.close(timeout=1.0)
 
-    def _run_reader(self) -> None:
-        """Own the connection: read frames until disconnect(), reconnecting on a loss."""
-        while not self._closing.is_set():
-            transport = self._transport
-            if transport is None:
-                break
-            try:
-                batch = transport.recv_batch()
-                if batch is None:
-                    continue  # no frame within the I/O timeout; liveness is the heartbeat's job
-            except ConnectionClosedError as exc:
-                if self._closing.is_set():
-                    break
-                if self._transport is not transport and self._transport is not None:
-                    continue  # swapped for a new connection (clear_presence); read that one
-                if not self._recover(exc):
-                    break
-                continue
-            except Exception as exc:  # never let the reader die silently
-                log.exception("nolag: unexpected error reading the socket")
-                transport.abort()
-                if self._closing.is_set() or not self._recover(ConnectionClosedError(str(exc))):
-                    break
-                continue
-            if batch and transport is self._transport:
-                self._handle_batch(batch)
+    def _on_batch(self, transport: Transport, payloads: list[bytes]) -> None:
+        """Messages read from a socket (on the read loop's thread); stale sockets are ignored."""
+        if transport is self._transport:
+            self._handle_batch(payloads)
 
-    def _recover(self, exc: ConnectionClosedError) -> bool:
-        """After an unexpected loss: reconnect with backoff. False when giving up."""
+    def _on_lost(self, transport: Transport, exc: ConnectionClosedError) -> None:
+        """A connection ended (on the read loop's thread, which must not block): unless we
+        closed it or replaced it, report the loss and reconnect on a thread of our own."""
+        if self._closing.is_set():
+            return
         with self._lock:
+            if transport is not self._transport:
+                return  # replaced by a fresh connection (clear_presence), or already handled
             self._transport = None
             self._fail_pending(exc)
             reconnect = self.options.reconnect
@@ -716,14 +703,22 @@ class NoLag:
                 ConnectionState.RECONNECTING if reconnect else ConnectionState.DISCONNECTED
             )
             self._emit("disconnect", str(exc) or "connection lost")
+            if reconnect:
+                self._reconnector = threading.Thread(
+                    target=self._reconnect, name=f"nolag-reconnect-{self._number}", daemon=True
+                )
+                self._reconnector.start()
         if not reconnect:
             self._disconnected.set()
-            return False
+
+    def _reconnect(self) -> None:
+        """After an unexpected loss: reconnect with backoff (full jitter) until it works,
+        the attempts run out, the token is refused or disconnect() is called."""
         opts = self.options
         for attempt in itertools.count(1):
             if opts.reconnect_max_attempts is not None and attempt > opts.reconnect_max_attempts:
                 self._give_up(ConnectionError(f"gave up reconnecting after {attempt - 1} attempts"))
-                return False
+                return
             cap = min(
                 opts.reconnect_max_delay,
                 opts.reconnect_initial_delay * opts.reconnect_factor ** (attempt - 1),
@@ -731,22 +726,21 @@ class NoLag:
             delay = random.uniform(0, cap)  # full jitter
             self._emit("reconnecting", attempt, delay)
             if self._closing.wait(delay):
-                return False
+                return
             try:
                 transport, auth = self._open(opts.connect_timeout, reconnect=True)
             except AuthenticationError as err:
                 self._give_up(err)
-                return False
+                return
             except (ConnectionError, OSError) as err:
                 log.info("nolag: reconnect attempt %d failed: %s", attempt, err)
                 continue
             if self._closing.is_set():
                 transport.close(timeout=1.0)
-                return False
+                return
             self.stats.reconnects += 1
             self._on_open(transport, auth, "reconnect")
-            return True
-        return False  # pragma: no cover - itertools.count never ends
+            return
 
     def _give_up(self, error: NoLagError) -> None:
         with self._lock:

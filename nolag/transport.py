@@ -4,8 +4,9 @@ This is the only module that knows which WebSocket library carries the bytes:
 websocket-client opens the connection (handshake, TLS, proxies) and sends, while
 receiving reads large chunks from its socket and parses every frame in them at once
 (nolag.wsframes), which is several times faster than reading frame by frame. The
-client's reader thread calls `recv_batch()`; any thread may call `send()`; `abort()`
-from any thread unblocks a pending read at once.
+process's read loop (nolag.readloop) calls `recv_batch()` when the socket is readable;
+any thread may call `send()`; `abort()` from any thread ends the connection at once and
+tells the read loop first (`on_abort`), before the descriptor is closed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import select
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import websocket
 
@@ -45,6 +46,8 @@ class Transport:
         self._backlog: list[bytes] = []
         self._close_error: Optional[ConnectionClosedError] = None
         self.last_received = time.monotonic()
+        #: called once by abort(), before the socket closes (the read loop's hook)
+        self.on_abort: Optional[Callable[[], None]] = None
         try:
             self._ws = websocket.create_connection(
                 url,
@@ -74,6 +77,28 @@ class Transport:
         except (OSError, websocket.WebSocketException) as exc:
             self.abort()
             raise ConnectionClosedError(f"send failed: {exc}") from exc
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying socket, for a selector (read it only through recv_batch)."""
+        return self._sock
+
+    def has_buffered(self) -> bool:
+        """True if recv_batch() has data without the socket being readable (put-back
+        messages, or decrypted TLS bytes held by the SSL layer)."""
+        if self._backlog:
+            return True
+        pending = getattr(self._sock, "pending", None)
+        if pending is None or self._closed.is_set():
+            return False
+        try:
+            return bool(pending())
+        except (OSError, ValueError):
+            return False
+
+    def close_error(self) -> ConnectionClosedError:
+        """Why the connection ended: the server's close frame, else a generic closed error."""
+        return self._close_error or ConnectionClosedError("the connection is closed")
 
     def unread(self, payloads: list[bytes]) -> None:
         """Put messages back, to be returned first by the next recv_batch()."""
@@ -159,6 +184,7 @@ class Transport:
 
     def discard(self) -> None:
         """Forget the connection without a byte on the wire (a forked child's copy of it)."""
+        self.on_abort = None  # the parent's read loop is not ours to touch
         self._closed.set()
         with contextlib.suppress(OSError):
             self._sock.close()  # closes this process's descriptor only: no FIN, no close frame
@@ -180,6 +206,9 @@ class Transport:
         if self._closed.is_set():
             return
         self._closed.set()
+        hook, self.on_abort = self.on_abort, None
+        if hook is not None:
+            hook()  # out of the read loop's selector while the descriptor is still ours
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError, websocket.WebSocketException):

@@ -101,11 +101,13 @@ def spawn_broker(port: int, tokens: str, *extra: str) -> subprocess.Popen[bytes]
 
 
 def nolag_threads() -> list[str]:
-    """Names of live client threads (nolag-reader/heartbeat/dispatcher)."""
+    """Names of live client threads (nolag-reader/heartbeat/dispatcher/reconnect)."""
     return [
         t.name
         for t in threading.enumerate()
-        if t.name.startswith(("nolag-reader", "nolag-heartbeat", "nolag-dispatcher"))
+        if t.name.startswith(
+            ("nolag-reader", "nolag-heartbeat", "nolag-dispatcher", "nolag-reconnect")
+        )
     ]
 
 
