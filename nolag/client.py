@@ -1075,8 +1075,7 @@ class NoLag:
         handlers = registry._handlers
         rooms = self._rooms
         batch = self._batch
-        for event in events:
-            name, actor, room = event.name, event.actor, event.room
+        for name, actor, room, _ in events:
             if name in handlers:
                 if batch is not None:
                     batch.append((registry, name, (actor,)))

@@ -158,9 +158,13 @@ class Dispatcher:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if type(item) is list:
+            if type(item) is list:  # a batch of events from the reader: _call, inlined
                 for registry, event, args in item:
-                    self._call(registry, event, args)
+                    for handler in registry._handlers.get(event, ()):
+                        try:
+                            handler(*args)
+                        except Exception as exc:
+                            self._failed(registry, event, exc)
             else:
                 registry, event, args = item
                 self._call(registry, event, args)
@@ -170,12 +174,16 @@ class Dispatcher:
             try:
                 handler(*args)
             except Exception as exc:
-                self.handler_errors += 1
-                log.exception("nolag: a %r handler raised", event)
-                if event == "error" and registry is self._errors:
-                    continue
-                for on_error in self._errors.handlers("error"):
-                    try:
-                        on_error(exc)
-                    except Exception:
-                        log.exception("nolag: an 'error' handler raised")
+                self._failed(registry, event, exc)
+
+    def _failed(self, registry: Registry, event: str, exc: Exception) -> None:
+        """A handler raised: log it and tell the `error` handlers (not an error handler's own)."""
+        self.handler_errors += 1
+        log.exception("nolag: a %r handler raised", event, exc_info=exc)
+        if event == "error" and registry is self._errors:
+            return
+        for on_error in self._errors.handlers("error"):
+            try:
+                on_error(exc)
+            except Exception:
+                log.exception("nolag: an 'error' handler raised")

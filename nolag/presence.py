@@ -63,7 +63,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
-from .models import ActorPresence, FrozenDict, freeze
+from .models import ActorPresence, FrozenDict, freeze, make_presence
 from .protocol import LobbyPresence, LobbySnapshot, PresenceEntry, PresenceEvent, PresenceList
 
 __all__ = [
@@ -111,7 +111,8 @@ def _data(value: Any) -> FrozenDict:
     return _EMPTY
 
 
-_PLAIN = frozenset({str, int, bool, type(None)})  # == is strict equality for these
+_PLAIN = frozenset({str, int, bool, type(None)})  # != is strict difference for these
+_new_event = tuple.__new__  # PublicEvent without its Python-level __new__ (the hot path)
 
 
 def same_data(a: Any, b: Any) -> bool:
@@ -212,7 +213,7 @@ class _Member:
         #: how many list-learned anonymous sockets may still see their join arrive
         self.credits = 0
         #: the data of the list's anonymous entries: a late join must show one of them
-        self.credit_data: list[FrozenDict] = []
+        self.credit_data: tuple[FrozenDict, ...] = ()
         self.debits = 0
         self.grace_until = -math.inf
         self.changed = 0
@@ -234,7 +235,7 @@ class _Member:
             return False
         for i, shown in enumerate(self.credit_data):
             if same_data(shown, data):
-                del self.credit_data[i]
+                self.credit_data = self.credit_data[:i] + self.credit_data[i + 1 :]
                 self.credits -= 1
                 return True
         return False
@@ -252,7 +253,7 @@ class _Member:
     def expire(self) -> None:
         """Forget credits and debits: the window for late broadcasts is over."""
         self.credits = self.debits = 0
-        self.credit_data = []
+        self.credit_data = ()
 
 
 def _check_grace(value: float) -> float:
@@ -389,13 +390,8 @@ class PresenceStore:
             and same_data(old.presence, mem.data)
         ):
             return False
-        mem.view = ActorPresence(
-            actor_token_id=mem.actor,
-            presence=mem.data,
-            actor_type=mem.actor_type,
-            joined_at=mem.joined_at,
-            room=mem.room,
-            connections=count,
+        mem.view = make_presence(
+            mem.actor, mem.data, mem.actor_type, mem.joined_at, mem.room, count
         )
         self._tick += 1
         mem.changed = self._tick
@@ -446,13 +442,14 @@ class PresenceStore:
             and before.actor_type == mem.actor_type
         ):
             return []
-        mem.view = view = ActorPresence(
-            mem.actor, mem.data, mem.actor_type, mem.joined_at, mem.room, count
+        room = mem.room
+        mem.view = view = make_presence(
+            mem.actor, mem.data, mem.actor_type, mem.joined_at, room, count
         )
         self._tick += 1
         mem.changed = self._tick
-        self._invalidate(mem.room)
-        return [] if same else [PublicEvent(UPDATE, view, mem.room, before)]
+        self._invalidate(room)
+        return [] if same else [_new_event(PublicEvent, (UPDATE, view, room, before))]
 
     # ------------------------------------------------------------ events
 
@@ -471,7 +468,12 @@ class PresenceStore:
             return self._leave(room, actor, cid, mem, seq, now)
         if kind != "join" and kind != "update":
             return []
-        data = _data(presence)
+        if type(presence) is dict and _PLAIN.issuperset(map(type, presence.values())):
+            data = FrozenDict(presence)  # flat data without floats, as nearly all is
+            plain = True
+        else:
+            data = _data(presence)
+            plain = False
         if self._gone:
             self._gone.pop((room, actor, cid), None)
         if mem is None:
@@ -485,11 +487,13 @@ class PresenceStore:
             if members is None:
                 members = self._rooms[room] = {}
             members[actor] = mem
-            mem.view = view = ActorPresence(actor, data, actor_type, None, room, 1)
+            mem.view = view = make_presence(actor, data, actor_type, None, room, 1)
             self._tick += 1
             mem.changed = self._tick
-            self._invalidate(room)
-            return [PublicEvent(JOIN, view, room)]
+            self._snaps.pop(room, None)  # _invalidate, inline
+            self._all = self._distinct = None
+            self._version += 1
+            return [_new_event(PublicEvent, (JOIN, view, room, None))]
         before = mem.view
         assert before is not None
         if cid is None:
@@ -515,6 +519,19 @@ class PresenceStore:
         mem.data = data
         if actor_type is not None:
             mem.actor_type = actor_type
+        if plain and data != before.presence:
+            # certainly different data (no float, so no NaN to equal itself): an update,
+            # without the strict comparison of _changed_events
+            room = mem.room
+            mem.view = view = make_presence(
+                actor, data, mem.actor_type, mem.joined_at, room, len(mem.conns) + mem.anon
+            )
+            self._tick += 1
+            mem.changed = self._tick
+            self._snaps.pop(room, None)  # _invalidate, inline
+            self._all = self._distinct = None
+            self._version += 1
+            return [_new_event(PublicEvent, (UPDATE, view, room, before))]
         return self._changed_events(mem, before)
 
     def _leave(
@@ -541,18 +558,19 @@ class PresenceStore:
         else:
             # an anonymous socket (or an unknown connection while anonymous ones exist)
             mem.anon_seq, mem.anon_kind = seq, "leave"
-            if mem.take_debit(now):
+            if mem.debits and mem.take_debit(now):
                 return []  # a list already removed this socket
             if mem.anon:
                 mem.anon -= 1
-                mem.credits = min(mem.credits, mem.anon)
+                if mem.credits > mem.anon:
+                    mem.credits = mem.anon
             else:
                 oldest = min(mem.conns, key=lambda c: mem.conns[c].order)
                 del mem.conns[oldest]
-        if mem.count == 0:
+        if not mem.anon and not mem.conns:
             self._remove(mem)
             self._bury((room, actor, None), seq)
-            return [PublicEvent(LEAVE, before, room)]
+            return [_new_event(PublicEvent, (LEAVE, before, room, None))]
         if mem.anon == 0 and mem.conns:
             mem.data = mem.newest_conn_data()
         return self._changed_events(mem, before)
@@ -720,7 +738,7 @@ class PresenceStore:
         mem.expire()
         if anon > confirmed:
             mem.credits = anon - confirmed
-            mem.credit_data = [_data(e.presence) for e in anon_entries]
+            mem.credit_data = tuple(_data(e.presence) for e in anon_entries)
         if anon < expected:
             mem.debits = expected - anon
         mem.grace_until = now + self._grace

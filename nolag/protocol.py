@@ -191,6 +191,7 @@ ServerFrame = Union[
 
 _HEARTBEAT = Heartbeat()
 _unpackb = msgpack.unpackb
+_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__ (the hot path)
 _MISSING = object()
 
 
@@ -299,14 +300,9 @@ def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
     if len(data) > (1 if kind == "leave" else 2):  # more than actor_token_id (and presence)
         connection_id = _opt_str(_get(data, "connectionId", "connection_id")) or connection_id
         actor_type = _opt_str(_get(data, "actorType", "actor_type"))
-    return PresenceEvent(
-        kind,
-        actor,
-        data.get("presence") if kind != "leave" else None,
-        room,
-        room_given,
-        connection_id,
-        actor_type,
+    presence = data.get("presence") if kind != "leave" else None
+    return _new_tuple(
+        PresenceEvent, (kind, actor, presence, room, room_given, connection_id, actor_type)
     )
 
 

@@ -673,6 +673,25 @@ def test_snapshots_are_immutable() -> None:
     assert actor.presence["x"] == (1, FrozenDict({"y": 2}))
 
 
+def test_views_built_on_the_fast_path_equal_the_public_constructor() -> None:
+    """Flat wire data takes a shortcut (make_presence, no attrs __init__): the result must
+    be indistinguishable from ActorPresence(...), frozen, and its data a copy."""
+    f = Feed()
+    wire = {"n": 1, "name": "Ann", "ok": True, "gone": None}
+    (join,) = f("join", "a", wire)
+    (update,) = f("update", "a", {**wire, "n": 2})
+    for event, n in ((join, 1), (update, 2)):
+        expected = ActorPresence("a", {**wire, "n": n}, None, None, ROOM, 1)
+        assert event.actor == expected and hash(event.actor) == hash(expected)
+        assert repr(event.actor) == repr(expected)
+        assert type(event.actor.presence) is FrozenDict
+        with pytest.raises(AttributeError):
+            event.actor.room = "x"  # type: ignore[misc]
+    wire["n"] = 99  # the caller's dict is not the cache's
+    assert f.store.get("a").presence["n"] == 2  # type: ignore[union-attr]
+    assert update.previous == join.actor and update.name == UPDATE
+
+
 def test_version_counts_visible_changes_only() -> None:
     f = Feed()
     v0 = f.store.version
