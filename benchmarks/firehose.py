@@ -152,7 +152,7 @@ class Firehose:
     def __init__(self, n: int, actors: int, host: str = "127.0.0.1", port: int = 0) -> None:
         self.n = n
         self.actors = actors
-        self._streams: dict[str, list[bytes]] = {}
+        self._streams: dict[tuple[str, int], list[bytes]] = {}
         self._lock = threading.Lock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -167,18 +167,23 @@ class Firehose:
         return f"ws://{host}:{port}/ws"
 
     def stream(self, token: str) -> list[bytes]:
-        """The pre-framed chunks a token asks for (built once per distinct token)."""
+        """The pre-framed chunks a token asks for (built once per distinct stream).
+
+        ``mix`` and ``mix:N`` with N the server's own n are one stream, framed before the
+        URL was announced, so that no measured run pays for framing it.
+        """
+        kind, _, arg = token.partition(":")
+        key = (kind, int(arg) if arg else self.n) if kind in ("mix", "joins") else ("", 0)
         with self._lock:
-            chunks = self._streams.get(token)
+            chunks = self._streams.get(key)
             if chunks is None:
-                kind, _, arg = token.partition(":")
                 if kind == "mix":
-                    payloads = mix_payloads(int(arg) if arg else self.n, self.actors)
+                    payloads = mix_payloads(key[1], self.actors)
                 elif kind == "joins":
-                    payloads = joins_payloads(int(arg))
+                    payloads = joins_payloads(key[1])
                 else:
                     payloads = []
-                chunks = self._streams[token] = chunked([ws_frame(p) for p in payloads])
+                chunks = self._streams[key] = chunked([ws_frame(p) for p in payloads])
             return chunks
 
     def serve_forever(self) -> None:

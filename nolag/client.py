@@ -839,6 +839,8 @@ class NoLag:
         self.stats.frames_received += len(payloads)
         decode = protocol.decode_frame
         presence_event = protocol.PresenceEvent
+        apply_event = self._apply_event
+        emit_all = self._emit_all
         with self._changed:
             version = self._store.version
             self._batch = []
@@ -847,7 +849,9 @@ class NoLag:
                 for payload in payloads:
                     frame = decode(payload)
                     if type(frame) is presence_event:
-                        self._apply_event(frame)
+                        events = apply_event(frame)
+                        if events:
+                            emit_all(events)
                     else:
                         self._apply(frame)
             finally:
@@ -859,7 +863,7 @@ class NoLag:
     def _apply(self, frame: Union[protocol.ServerFrame, protocol.ProtocolError]) -> None:
         """Route one decoded frame to its handler (lock held)."""
         if isinstance(frame, protocol.PresenceEvent):
-            self._apply_event(frame)
+            self._emit_all(self._apply_event(frame))
         elif isinstance(frame, protocol.PresenceList):
             self._apply_list(frame)
         elif isinstance(frame, protocol.LobbyPresence):
@@ -876,21 +880,22 @@ class NoLag:
             self.stats.protocol_errors += 1
             log.debug("nolag: ignored a bad frame: %s", frame.reason)
 
-    def _apply_event(self, event: protocol.PresenceEvent) -> None:
+    def _apply_event(self, event: protocol.PresenceEvent) -> Sequence[PublicEvent]:
+        """Apply a presence event to the cache (lock held); the public events, to emit."""
         kind, actor, _, room, room_given, _, _ = event  # one unpack: the hot path
         if not room_given:  # the real broker: the event belongs to our socket's room
             if self._stale_room_leaves:
                 # still events of a room we switched away from, until our own leave from it
                 if kind == "leave" and actor == self._actor_id:
                     self._stale_room_leaves -= 1
-                return
+                return ()
             room = self._socket_room
         if room is not None:
             if room != self._socket_room:
-                return  # a room we are no longer in; its cache was dropped
+                return ()  # a room we are no longer in; its cache was dropped
             if actor == self._actor_id and kind != "leave":
                 self._room_confirmed = True
-        self._emit_all(self._store.apply_event(event, room, self._now))
+        return self._store.apply_event(event, room, self._now)
 
     def _apply_list(self, reply: protocol.PresenceList) -> None:
         pending = self._pop_pending(("room", reply.room))

@@ -200,16 +200,25 @@ class _Member:
         "view",
     )
 
-    def __init__(self, actor: str, room: Optional[str], data: FrozenDict) -> None:
+    def __init__(
+        self,
+        actor: str,
+        room: Optional[str],
+        data: FrozenDict,
+        actor_type: Optional[str] = None,
+        anon: int = 0,
+        anon_seq: int = _NEVER,
+        anon_kind: str = "",
+    ) -> None:
         self.actor = actor
         self.room = room
         self.data = data
-        self.actor_type: Optional[str] = None
+        self.actor_type = actor_type
         self.joined_at: Optional[float] = None
         self.conns: dict[str, _Conn] = {}
-        self.anon = 0
-        self.anon_seq = _NEVER
-        self.anon_kind = ""
+        self.anon = anon
+        self.anon_seq = anon_seq
+        self.anon_kind = anon_kind
         #: how many list-learned anonymous sockets may still see their join arrive
         self.credits = 0
         #: the data of the list's anonymous entries: a late join must show one of them
@@ -477,12 +486,10 @@ class PresenceStore:
         if self._gone:
             self._gone.pop((room, actor, cid), None)
         if mem is None:
-            mem = _Member(actor, room, data)
-            mem.actor_type = actor_type
             if cid is None:
-                mem.anon = 1
-                mem.anon_seq, mem.anon_kind = seq, kind
+                mem = _Member(actor, room, data, actor_type, 1, seq, kind)
             else:
+                mem = _Member(actor, room, data, actor_type)
                 mem.conns[cid] = _Conn(data, None, (seq, 0))
             if members is None:
                 members = self._rooms[room] = {}

@@ -136,6 +136,8 @@ class Transport:
             self._send_close(exc.code)
             self.abort()
             raise ConnectionClosedError(f"protocol violation by the server: {exc}") from exc
+        if self._reader.only_binary:
+            return events  # type: ignore[return-value]  # binary messages are bytes
         batch: list[bytes] = []
         for event in events:
             if type(event) is bytes:

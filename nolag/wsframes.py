@@ -152,7 +152,15 @@ class FrameReader:
     the client buffer without limit. After a violation or a close the reader is spent.
     """
 
-    __slots__ = ("_buf", "_frag_opcode", "_frag_size", "_fragments", "closed", "max_message")
+    __slots__ = (
+        "_buf",
+        "_frag_opcode",
+        "_frag_size",
+        "_fragments",
+        "closed",
+        "max_message",
+        "only_binary",
+    )
 
     def __init__(self, max_message: int = 16 * 1024 * 1024) -> None:
         self._buf = b""
@@ -161,6 +169,8 @@ class FrameReader:
         self._frag_size = 0
         self.max_message = max_message
         self.closed = False
+        #: True when the last feed() returned binary messages (bytes) and nothing else
+        self.only_binary = True
 
     @property
     def buffered(self) -> int:
@@ -178,6 +188,7 @@ class FrameReader:
         pos = 0
         events: list[Event] = []
         append = events.append
+        self.only_binary = True
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -227,6 +238,8 @@ class FrameReader:
                 break
             payload = buf[pos + head : stop]
             pos = stop
+            if opcode != OP_BINARY and (opcode != OP_CONT or self._frag_opcode != OP_BINARY):
+                self.only_binary = False  # maybe a control frame or a text message
             if opcode in (OP_BINARY, OP_TEXT):
                 if self._frag_opcode:
                     raise WebSocketViolation("a new message before the last one was finished")
