@@ -4,8 +4,9 @@ Threads (all daemons, joined by disconnect()):
 - ``nolag-reader-<k>``: one per process, shared by every client (nolag.readloop): reads
   each socket when it is readable and calls the owner's `_on_batch`, which decodes the
   frames, applies them to the store and queues public events.
-- ``nolag-heartbeat-<n>``: the client's timer thread: the empty-frame heartbeat, the
-  liveness check, coalesced presence flushes and typing-indicator timeouts.
+- ``nolag-timer-<k>``: one per process, shared too (nolag.timers): each client's
+  empty-frame heartbeat, liveness check, coalesced presence flushes and typing-indicator
+  timeouts, as a `TimerGroup` the client cancels on disconnect().
 - ``nolag-dispatcher-<n>``: runs user callbacks in order (see nolag.events).
 - ``nolag-reconnect-<n>``: only after an unexpected loss, while it reconnects with backoff.
 
@@ -47,7 +48,7 @@ from nolag.models import ActorPresence, ConnectionState, NoLagOptions, freeze
 from nolag.presence import PresenceStore, PublicEvent
 from nolag.readloop import read_loop
 from nolag.rest import NoRestEndpoint, RestClient
-from nolag.timers import Scheduler, TimerHandle, TokenBucket
+from nolag.timers import TimerGroup, TimerHandle, TokenBucket
 from nolag.transport import Transport
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ class NoLag:
         self._reconnector: Optional[threading.Thread] = None
         self._store = PresenceStore()
         self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events)
-        self._scheduler = Scheduler(f"nolag-heartbeat-{self._number}")
+        self._scheduler = TimerGroup()
         self._rest = RestClient(self.options.derived_rest_url(), self._token)
         self._rest_available: Optional[bool] = None
         self.stats = ClientStats()

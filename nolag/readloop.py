@@ -24,6 +24,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 from typing import Callable, Optional
 
 from nolag.errors import ConnectionClosedError
@@ -81,14 +82,18 @@ class ReadLoop:
         """Read `transport` from now on; messages go to on_batch, its end to on_lost."""
         reg = Registration(transport, on_batch, on_lost)
         with self._lock:
-            if transport.closed:
+            # the hook first: an abort from now on waits for this lock, then detaches
+            transport.on_abort = lambda: self._detach(reg, None)
+            try:
+                if transport.closed:
+                    raise ValueError("closed")
+                self._selector.register(transport.socket, selectors.EVENT_READ, reg)
+            except (ValueError, OSError):  # closed before it could be added
                 reg.active = False
                 reg.error = transport.close_error()
                 self._due.append(reg)
             else:
-                self._selector.register(transport.socket, selectors.EVENT_READ, reg)
                 self._count += 1
-                transport.on_abort = lambda: self._detach(reg, None)
                 if transport.has_buffered():
                     self._due.append(reg)  # messages read with the auth reply, or TLS bytes
             if self._thread is None:
@@ -100,12 +105,17 @@ class ReadLoop:
         return reg
 
     def join_if_idle(self, timeout: float) -> None:
-        """Wait (bounded) for the thread to end if nothing is registered any more."""
-        with self._lock:
-            thread = self._thread if self._count == 0 else None
-        if thread is not None and thread is not threading.current_thread():
+        """Wait (bounded) for the thread to end while nothing is registered any more."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                thread = self._thread
+                if thread is None or self._count or thread is threading.current_thread():
+                    return  # no thread, or another connection still needs it
             self._wake()
-            thread.join(timeout)
+            thread.join(min(0.05, max(0.0, deadline - time.monotonic())))
+            if not thread.is_alive() or time.monotonic() >= deadline:
+                return
 
     def _detach(self, reg: Registration, error: Optional[ConnectionClosedError]) -> None:
         """Take a transport out of the selector (before its socket closes); report it later."""

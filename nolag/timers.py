@@ -1,7 +1,11 @@
 """A tiny scheduler: one named daemon thread runs the SDK's timed work in deadline order.
 
-The client's heartbeat, coalesced presence flushes and typing-indicator timeouts all run
-here, so timers cost no thread each. Callbacks are SDK code, never user callbacks.
+Every client's heartbeat, coalesced presence flushes and typing-indicator timeouts run
+on the process's one shared `Scheduler` (`shared_scheduler()`), each client through a
+`TimerGroup` of its own that it can cancel at once. A thread per client would leave a
+thousand clients with a thousand timer threads waking every second and queueing for the
+GIL behind the reader. The thread starts with the first timer and ends when none is
+left. Callbacks are SDK code, never user callbacks, and must not block for long.
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Optional
 
-__all__ = ["Scheduler", "TimerHandle", "TokenBucket"]
+__all__ = ["Scheduler", "TimerGroup", "TimerHandle", "TokenBucket", "shared_scheduler"]
 
 log = logging.getLogger("nolag")
 
@@ -21,7 +27,7 @@ log = logging.getLogger("nolag")
 class TimerHandle:
     """A scheduled call; cancel() stops it from running (and from repeating)."""
 
-    __slots__ = ("args", "cancelled", "fn", "interval", "when")
+    __slots__ = ("__weakref__", "args", "cancelled", "fn", "interval", "when")
 
     def __init__(
         self, when: float, fn: Callable[..., Any], args: tuple[Any, ...], interval: Optional[float]
@@ -38,15 +44,21 @@ class TimerHandle:
 
 
 class Scheduler:
-    """Runs callbacks at monotonic deadlines on one thread, started on first use."""
+    """Runs callbacks at monotonic deadlines on one thread, started on first use.
 
-    def __init__(self, thread_name: str) -> None:
+    With `idle_exit` the thread ends as soon as no call is pending (the shared scheduler),
+    so that a process whose clients all disconnected runs no nolag thread.
+    """
+
+    def __init__(self, thread_name: str, idle_exit: bool = False) -> None:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._order = itertools.count()
         self._cond = threading.Condition(threading.Lock())
         self._thread_name = thread_name
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
+        self._idle_exit = idle_exit
+        self._pid = os.getpid()
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run fn(*args) once, `delay` seconds from now."""
@@ -66,6 +78,37 @@ class Scheduler:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def cancel(self, handles: list[TimerHandle]) -> None:
+        """Cancel these calls and take them out of the queue now (not at their deadline)."""
+        with self._cond:
+            for handle in handles:
+                handle.cancelled = True
+            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
+            self._cond.notify_all()
+
+    def join_if_idle(self, timeout: float) -> None:
+        """With idle_exit: wait (bounded) for the thread to end, unless calls are pending."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            thread = self._thread
+            if thread is None or thread is threading.current_thread():
+                return
+            self._cond.notify_all()
+            while self._thread is thread and not self._heap:  # a call may be running
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+            if self._thread is thread:
+                return  # still has calls to run (other clients'): it stays
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        """The scheduler's thread while it runs, else None."""
+        return self._thread
+
     @property
     def running(self) -> bool:
         """True while the scheduler thread is alive."""
@@ -81,7 +124,7 @@ class Scheduler:
                 )
                 self._thread.start()
             heapq.heappush(self._heap, (handle.when, next(self._order), handle))
-            self._cond.notify()
+            self._cond.notify_all()  # the thread, and anyone in join_if_idle
         return handle
 
     def _run(self) -> None:
@@ -94,6 +137,10 @@ class Scheduler:
                     if self._heap and self._heap[0][0] <= now:
                         _, _, handle = heapq.heappop(self._heap)
                         break
+                    if self._idle_exit and not self._heap:
+                        self._thread = None
+                        self._cond.notify_all()  # anyone in join_if_idle
+                        return
                     self._cond.wait(self._heap[0][0] - now if self._heap else None)
             if handle.cancelled:
                 continue
@@ -106,6 +153,7 @@ class Scheduler:
                 with self._cond:
                     if not self._stopping:
                         heapq.heappush(self._heap, (handle.when, next(self._order), handle))
+                        self._cond.notify_all()
 
 
 class TokenBucket:
@@ -142,3 +190,60 @@ class TokenBucket:
         """Seconds until a token will be there."""
         level = min(self._burst, self._level + (now - self._last) * self._rate)
         return 0.0 if level >= 1.0 else (1.0 - level) / self._rate
+
+
+class TimerGroup:
+    """One owner's calls on the shared scheduler: `stop()` cancels them, and only them."""
+
+    def __init__(self) -> None:
+        self._handles: weakref.WeakSet[TimerHandle] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run fn(*args) once, `delay` seconds from now, on the shared scheduler thread."""
+        return self._track(shared_scheduler().call_later(delay, fn, *args))
+
+    def call_every(self, interval: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run fn(*args) every `interval` seconds until cancelled or stop()."""
+        return self._track(shared_scheduler().call_every(interval, fn, *args))
+
+    def stop(self, timeout: float) -> None:
+        """Cancel every call of this group; wait for the shared thread if it is now idle."""
+        with self._lock:
+            handles = list(self._handles)
+            self._handles = weakref.WeakSet()
+        scheduler = shared_scheduler()
+        scheduler.cancel(handles)
+        scheduler.join_if_idle(timeout)
+
+    def _track(self, handle: TimerHandle) -> TimerHandle:
+        with self._lock:
+            self._handles.add(handle)
+        return handle
+
+
+_shared: Optional[Scheduler] = None
+_shared_lock = threading.Lock()
+_shared_numbers = itertools.count(1)
+
+
+def shared_scheduler() -> Scheduler:
+    """The process's scheduler (created on first use, replaced in a forked child)."""
+    global _shared
+    scheduler = _shared
+    if scheduler is not None and scheduler._pid == os.getpid():
+        return scheduler
+    with _shared_lock:
+        if _shared is None or _shared._pid != os.getpid():
+            _shared = Scheduler(f"nolag-timer-{next(_shared_numbers)}", idle_exit=True)
+        return _shared
+
+
+def _after_fork_in_child() -> None:
+    global _shared, _shared_lock
+    _shared_lock = threading.Lock()  # a parent thread may have held it while forking
+    _shared = None  # its thread does not exist here, and its lock may be held
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -101,13 +101,11 @@ def spawn_broker(port: int, tokens: str, *extra: str) -> subprocess.Popen[bytes]
 
 
 def nolag_threads() -> list[str]:
-    """Names of live client threads (nolag-reader/heartbeat/dispatcher/reconnect)."""
+    """Names of live client threads (nolag-reader/timer/dispatcher/reconnect)."""
     return [
         t.name
         for t in threading.enumerate()
-        if t.name.startswith(
-            ("nolag-reader", "nolag-heartbeat", "nolag-dispatcher", "nolag-reconnect")
-        )
+        if t.name.startswith(("nolag-reader", "nolag-timer", "nolag-dispatcher", "nolag-reconnect"))
     ]
 
 

@@ -333,9 +333,10 @@ def test_disconnect_leaves_no_thread_and_clears_the_cache(broker: EmbeddedBroker
         c.set_presence({"ok": True}, room="general")
     wait_until(lambda: len(clients[0].get_all_presence("general")) == 3)
     names = nolag_threads()
-    # two per client (timers, callbacks) and one reader for the whole process
-    assert len(names) == 7, names
+    # one per client (callbacks), one reader and one timer thread for the whole process
+    assert len(names) == 5, names
     assert len([n for n in names if n.startswith("nolag-reader-")]) == 1, names
+    assert len([n for n in names if n.startswith("nolag-timer-")]) == 1, names
     for c in clients:
         c.disconnect()
     assert not nolag_threads()
