@@ -46,18 +46,16 @@ class TimerHandle:
 class Scheduler:
     """Runs callbacks at monotonic deadlines on one thread, started on first use.
 
-    With `idle_exit` the thread ends as soon as no call is pending (the shared scheduler),
-    so that a process whose clients all disconnected runs no nolag thread.
+    The thread ends as soon as no call is pending, so that a process whose clients all
+    disconnected runs no nolag thread; the next call starts a new one.
     """
 
-    def __init__(self, thread_name: str, idle_exit: bool = False) -> None:
+    def __init__(self, thread_name: str) -> None:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._order = itertools.count()
         self._cond = threading.Condition(threading.Lock())
         self._thread_name = thread_name
         self._thread: Optional[threading.Thread] = None
-        self._stopping = False
-        self._idle_exit = idle_exit
         self._pid = os.getpid()
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
@@ -65,18 +63,8 @@ class Scheduler:
         return self._push(TimerHandle(time.monotonic() + max(0.0, delay), fn, args, None))
 
     def call_every(self, interval: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Run fn(*args) every `interval` seconds until cancelled or the scheduler stops."""
+        """Run fn(*args) every `interval` seconds until cancelled."""
         return self._push(TimerHandle(time.monotonic() + interval, fn, args, interval))
-
-    def stop(self, timeout: float) -> None:
-        """Drop every pending call and join the thread (unless called from it)."""
-        with self._cond:
-            self._stopping = True
-            self._heap.clear()
-            thread, self._thread = self._thread, None
-            self._cond.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
 
     def cancel(self, handles: list[TimerHandle]) -> None:
         """Cancel these calls and take them out of the queue now (not at their deadline)."""
@@ -88,7 +76,7 @@ class Scheduler:
             self._cond.notify_all()
 
     def join_if_idle(self, timeout: float) -> None:
-        """With idle_exit: wait (bounded) for the thread to end, unless calls are pending."""
+        """Wait (bounded) for the thread to end, unless calls are pending."""
         deadline = time.monotonic() + timeout
         with self._cond:
             thread = self._thread
@@ -109,16 +97,9 @@ class Scheduler:
         """The scheduler's thread while it runs, else None."""
         return self._thread
 
-    @property
-    def running(self) -> bool:
-        """True while the scheduler thread is alive."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
     def _push(self, handle: TimerHandle) -> TimerHandle:
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
-                self._stopping = False
                 self._thread = threading.Thread(
                     target=self._run, name=self._thread_name, daemon=True
                 )
@@ -131,17 +112,15 @@ class Scheduler:
         while True:
             with self._cond:
                 while True:
-                    if self._stopping:
-                        return
                     now = time.monotonic()
                     if self._heap and self._heap[0][0] <= now:
                         _, _, handle = heapq.heappop(self._heap)
                         break
-                    if self._idle_exit and not self._heap:
+                    if not self._heap:
                         self._thread = None
                         self._cond.notify_all()  # anyone in join_if_idle
                         return
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    self._cond.wait(self._heap[0][0] - now)
             if handle.cancelled:
                 continue
             try:
@@ -151,9 +130,8 @@ class Scheduler:
             if handle.interval is not None and not handle.cancelled:
                 handle.when = max(handle.when + handle.interval, time.monotonic())
                 with self._cond:
-                    if not self._stopping:
-                        heapq.heappush(self._heap, (handle.when, next(self._order), handle))
-                        self._cond.notify_all()
+                    heapq.heappush(self._heap, (handle.when, next(self._order), handle))
+                    self._cond.notify_all()
 
 
 class TokenBucket:
@@ -235,7 +213,7 @@ def shared_scheduler() -> Scheduler:
         return scheduler
     with _shared_lock:
         if _shared is None or _shared._pid != os.getpid():
-            _shared = Scheduler(f"nolag-timer-{next(_shared_numbers)}", idle_exit=True)
+            _shared = Scheduler(f"nolag-timer-{next(_shared_numbers)}")
         return _shared
 
 

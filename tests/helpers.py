@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 from nolag import NoLag
+from nolag.testing import wait_until as wait_until  # the plugin's, re-exported here
 
 TOKENS = {
     "alice": "dev-token-alice",
@@ -22,18 +23,6 @@ TOKENS = {
     "erin": "dev-token-erin",
     "mallory": "dev-token-mallory",
 }
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
 
 
 class Recorder:
