@@ -273,6 +273,9 @@ def test_broken_framing_costs_at_most_a_reconnect_never_the_reader(garbage: byte
             evil.wait_authed(conns + 1)
             wait_until(lambda: client.connected, timeout=5)
             k = len(evil.connections())
+            # a broker routes a room's events to a socket only once it has re-entered the
+            # room: wait for the client's presence on the new connection, as a broker would
+            wait_until(lambda: _sent_presence(evil, k), timeout=5)
             data = {"actor_token_id": f"after-{k}", "connectionId": "a", "presence": {}}
             evil.send_map({"type": "presence", "event": "join", "roomId": ROOM, "data": data})
             wait_until(lambda: client.get_presence(f"after-{k}", ROOM) is not None, timeout=5)
@@ -282,6 +285,14 @@ def test_broken_framing_costs_at_most_a_reconnect_never_the_reader(garbage: byte
             client.disconnect()
             logging.getLogger("nolag").removeHandler(crashes)
     assert not evil_threads()
+
+
+def _sent_presence(evil: EvilServer, conn: int) -> bool:
+    """Whether the client sent its room presence on connection `conn`."""
+    return any(
+        isinstance(f, dict) and f.get("type") == "presence" and f.get("roomId") == ROOM
+        for f in evil.frames_from(conn)
+    )
 
 
 class _CrashLog(logging.Handler):
