@@ -43,7 +43,7 @@ from nolag.errors import (
     RateLimitError,
     ServerError,
 )
-from nolag.events import Dispatcher, Handler, Registry
+from nolag.events import Dispatcher, Handler, Item, Registry
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions, freeze
 from nolag.presence import PresenceStore, PublicEvent
 from nolag.readloop import read_loop
@@ -211,7 +211,7 @@ class NoLag:
         self._transport: Optional[Transport] = None
         self._reconnector: Optional[threading.Thread] = None
         self._store = PresenceStore()
-        self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events)
+        self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events, self._rooms)
         self._scheduler = TimerGroup()
         self._rest = RestClient(self.options.derived_rest_url(), self._token)
         self._rest_available: Optional[bool] = None
@@ -236,7 +236,7 @@ class NoLag:
         self._lobby_alias: dict[str, str] = {}  # a broker's internal lobby id -> our slug
         self._pending: collections.deque[_Pending] = collections.deque()
         # while the reader applies a batch of frames, events collect here (lock held)
-        self._batch: Optional[list[tuple[Registry, str, tuple[Any, ...]]]] = None
+        self._batch: Optional[list[Item]] = None
         self._now = 0.0  # monotonic time of the batch being applied
         self._fork_pending = False  # set in a forked child that must reconnect on first use
         # socket reads wake this often; a write blocked this long drops the connection
@@ -833,30 +833,32 @@ class NoLag:
     def _handle_batch(self, payloads: list[bytes]) -> None:
         """Decode and apply frames in order; runs on the reader thread, never runs user code.
 
-        The whole batch is applied under one lock acquisition, and its events reach the
-        dispatcher as one item, queued before the lock is released so that no other
-        thread's events can overtake them.
+        Frames are decoded before the lock is taken; the whole batch is then applied under
+        one lock acquisition, and its events reach the dispatcher as one item, queued
+        before the lock is released so that no other thread's events can overtake them.
         """
         self.stats.frames_received += len(payloads)
-        decode = protocol.decode_frame
+        frames = protocol.decode_frames(payloads)
         presence_event = protocol.PresenceEvent
         apply_event = self._apply_event
-        emit_all = self._emit_all
+        emitted = 0
         with self._changed:
             version = self._store.version
-            self._batch = []
+            batch: list[Item] = []
+            self._batch = batch
             self._now = time.monotonic()
             try:
-                for payload in payloads:
-                    frame = decode(payload)
+                for frame in frames:
                     if type(frame) is presence_event:
                         events = apply_event(frame)
                         if events:
-                            emit_all(events)
+                            batch += events
+                            emitted += len(events)
                     else:
                         self._apply(frame)
             finally:
-                batch, self._batch = self._batch, None
+                self._batch = None
+                self.stats.events_emitted += emitted
                 self._dispatcher.emit_many(batch)
             if self._store.version != version:
                 self._changed.notify_all()
@@ -1074,23 +1076,15 @@ class NoLag:
         self._queue_event(self._events, event, args)
 
     def _emit_all(self, events: Sequence[PublicEvent]) -> None:
+        """Hand the cache's events to the dispatcher (client handlers, then the room's)."""
         if not events:
             return
         self.stats.events_emitted += len(events)
-        registry = self._events
-        handlers = registry._handlers
-        rooms = self._rooms
         batch = self._batch
-        for name, actor, room, _ in events:
-            if name in handlers:
-                if batch is not None:
-                    batch.append((registry, name, (actor,)))
-                else:
-                    self._dispatcher.emit(registry, name, actor)
-            if room is not None and rooms:
-                context = rooms.get(room)
-                if context is not None:
-                    self._queue_event(context._events, name, (actor,))
+        if batch is not None:
+            batch += events
+        else:
+            self._dispatcher.emit_many(list(events))
 
     def _emit_to(self, registry: Registry, events: Sequence[PublicEvent]) -> None:
         for event in events:

@@ -11,10 +11,20 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Collection
-from typing import Any, Optional, TypeVar, Union, overload
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Optional, Protocol, TypeVar, Union, overload
 
-__all__ = ["CLIENT_EVENTS", "EVENTS", "PRESENCE_EVENTS", "Dispatcher", "Handler", "Registry"]
+from .presence import PublicEvent
+
+__all__ = [
+    "CLIENT_EVENTS",
+    "EVENTS",
+    "PRESENCE_EVENTS",
+    "Dispatcher",
+    "Handler",
+    "Item",
+    "Registry",
+]
 
 log = logging.getLogger("nolag")
 
@@ -37,6 +47,10 @@ CLIENT_EVENTS = frozenset(EVENTS)
 PRESENCE_EVENTS = frozenset({"presence:join", "presence:update", "presence:leave"})
 
 _STOP = object()
+
+#: what the dispatcher runs: an event of a registry with its handlers' arguments, or an
+#: event of the client's cache (its client's handlers, then its room context's, get it)
+Item = Union[tuple["Registry", str, tuple[Any, ...]], PublicEvent]
 
 
 class Registry:
@@ -102,16 +116,25 @@ class Registry:
             raise ValueError(f"unknown event {event!r}; known events: {known}")
 
 
+class _Context(Protocol):
+    """A room context: its own registry of presence handlers."""
+
+    _events: Registry
+
+
 class Dispatcher:
     """Runs the handlers of queued events on one named daemon thread, in queue order.
 
-    A handler that raises is logged (logger ``nolag``) and the exception is passed to
-    the `error` handlers of `errors` (the client's registry); the other handlers still run.
+    `registry` is the client's: it gets the cache's events and every handler's exception.
+    `rooms` maps a room name to its context, whose handlers get that room's cache events
+    after the client's. A handler that raises is logged (logger ``nolag``) and the
+    exception is passed to the `error` handlers of `registry`; the other handlers still run.
     """
 
-    def __init__(self, thread_name: str, errors: Registry) -> None:
+    def __init__(self, thread_name: str, registry: Registry, rooms: Mapping[str, _Context]) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._errors = errors
+        self._registry = registry
+        self._rooms = rooms
         self._thread_name = thread_name
         self._thread: Optional[threading.Thread] = None
         self.handler_errors = 0
@@ -128,7 +151,7 @@ class Dispatcher:
         if registry.handlers(event):
             self._queue.put((registry, event, args))
 
-    def emit_many(self, items: list[tuple[Registry, str, tuple[Any, ...]]]) -> None:
+    def emit_many(self, items: list[Item]) -> None:
         """Queue several events at once (one wake-up of the dispatcher for a whole batch)."""
         if items:
             self._queue.put(items)
@@ -158,16 +181,36 @@ class Dispatcher:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if type(item) is list:  # a batch of events from the reader: _call, inlined
-                for registry, event, args in item:
-                    for handler in registry._handlers.get(event, ()):
-                        try:
-                            handler(*args)
-                        except Exception as exc:
-                            self._failed(registry, event, exc)
+            if type(item) is list:
+                self._run_batch(item)
             else:
                 registry, event, args = item
                 self._call(registry, event, args)
+
+    def _run_batch(self, items: list[Item]) -> None:
+        """A batch from the reader, in order; the cache's events, _call inlined (hot path)."""
+        client = self._registry
+        handlers = client._handlers
+        rooms = self._rooms
+        for item in items:
+            if type(item) is PublicEvent:
+                name, actor, room, _ = item
+                for handler in handlers.get(name, ()):
+                    try:
+                        handler(actor)
+                    except Exception as exc:
+                        self._failed(client, name, exc)
+                if room is not None and rooms:
+                    context = rooms.get(room)
+                    if context is not None:
+                        self._call(context._events, name, (actor,))
+            else:
+                registry, event, args = item  # type: ignore[misc]  # not a PublicEvent
+                for handler in registry._handlers.get(event, ()):
+                    try:
+                        handler(*args)
+                    except Exception as exc:
+                        self._failed(registry, event, exc)
 
     def _call(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
         for handler in registry._handlers.get(event, ()):
@@ -180,9 +223,9 @@ class Dispatcher:
         """A handler raised: log it and tell the `error` handlers (not an error handler's own)."""
         self.handler_errors += 1
         log.exception("nolag: a %r handler raised", event, exc_info=exc)
-        if event == "error" and registry is self._errors:
+        if event == "error" and registry is self._registry:
             return
-        for on_error in self._errors.handlers("error"):
+        for on_error in self._registry.handlers("error"):
             try:
                 on_error(exc)
             except Exception:

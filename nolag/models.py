@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn, Optional
+from typing import Any, NamedTuple, NoReturn, Optional
 
 import attrs
 
@@ -97,16 +97,46 @@ def _freeze_presence(value: Any) -> FrozenDict:
     return EMPTY
 
 
-@attrs.frozen(slots=True)
-class ActorPresence:
-    """One actor's presence as the cache knows it: who, what kind, custom data, since when."""
-
+class _PresenceFields(NamedTuple):
     actor_token_id: str
-    presence: FrozenDict = attrs.field(factory=FrozenDict, converter=_freeze_presence)
-    actor_type: Optional[str] = None
-    joined_at: Optional[float] = None
-    room: Optional[str] = None
-    connections: int = 1
+    presence: FrozenDict
+    actor_type: Optional[str]
+    joined_at: Optional[float]
+    room: Optional[str]
+    connections: int
+
+
+class ActorPresence(_PresenceFields):
+    """One actor's presence as the cache knows it: who, what kind, custom data, since when.
+
+    An immutable named tuple: hashable, safe to share between threads, and cheap to make
+    (the cache makes one per presence event). `presence` is always deeply frozen.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        actor_token_id: str,
+        presence: Any = EMPTY,
+        actor_type: Optional[str] = None,
+        joined_at: Optional[float] = None,
+        room: Optional[str] = None,
+        connections: int = 1,
+    ) -> ActorPresence:
+        fields = (
+            actor_token_id,
+            _freeze_presence(presence),
+            actor_type,
+            joined_at,
+            room,
+            connections,
+        )
+        return tuple.__new__(cls, fields)
+
+    def _replace(self, **changes: Any) -> ActorPresence:
+        """A copy with some fields changed, through the constructor (data frozen again)."""
+        return ActorPresence(**{**self._asdict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-ready dict, camelCase keys as on the wire."""
@@ -118,39 +148,6 @@ class ActorPresence:
             "roomId": self.room,
             "connections": self.connections,
         }
-
-
-_SET_FIELDS = tuple(
-    ActorPresence.__dict__[name].__set__
-    for name in ("actor_token_id", "presence", "actor_type", "joined_at", "room", "connections")
-)
-
-
-def make_presence(
-    actor_token_id: str,
-    presence: FrozenDict,
-    actor_type: Optional[str],
-    joined_at: Optional[float],
-    room: Optional[str],
-    connections: int,
-) -> ActorPresence:
-    """ActorPresence without the checks of its constructor, for data already frozen.
-
-    The cache builds one per presence event; the attrs constructor routes every field
-    through a frozen-aware setattr and the converter, which costs about half again as much.
-    """
-    view: ActorPresence = _new(ActorPresence)
-    set_actor, set_presence, set_type, set_joined, set_room, set_connections = _SET_FIELDS
-    set_actor(view, actor_token_id)
-    set_presence(view, presence)
-    set_type(view, actor_type)
-    set_joined(view, joined_at)
-    set_room(view, room)
-    set_connections(view, connections)
-    return view
-
-
-_new = object.__new__
 
 
 class ConnectionState(str, enum.Enum):

@@ -58,12 +58,12 @@ tells. `connections` is the membership's socket count.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
-from .models import ActorPresence, FrozenDict, freeze, make_presence
+from .models import ActorPresence, FrozenDict, freeze
 from .protocol import LobbyPresence, LobbySnapshot, PresenceEntry, PresenceEvent, PresenceList
 
 __all__ = [
@@ -112,7 +112,9 @@ def _data(value: Any) -> FrozenDict:
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})  # != is strict difference for these
-_new_event = tuple.__new__  # PublicEvent without its Python-level __new__ (the hot path)
+# PublicEvent and ActorPresence without their Python-level __new__ (the hot path; a view's
+# data is already frozen)
+_new = tuple.__new__
 
 
 def same_data(a: Any, b: Any) -> bool:
@@ -290,8 +292,10 @@ class PresenceStore:
         self._grace = _check_grace(join_grace)
         self._max_gone = max_tombstones
         self._rooms: dict[Optional[str], dict[str, _Member]] = {}
-        #: (room, actor, connection id or None) -> sequence of a leave that emptied it
-        self._gone: OrderedDict[_GoneKey, int] = OrderedDict()
+        #: (room, actor, connection id or None) -> sequence of a leave that emptied it,
+        #: oldest first (see _bury)
+        self._gone: dict[_GoneKey, int] = {}
+        self._gone_limit = 2 * max_tombstones
         self._list_marks: dict[Optional[str], int] = {}
         self._floor = 0
         self._seq = 0
@@ -399,8 +403,8 @@ class PresenceStore:
             and same_data(old.presence, mem.data)
         ):
             return False
-        mem.view = make_presence(
-            mem.actor, mem.data, mem.actor_type, mem.joined_at, mem.room, count
+        mem.view = _new(
+            ActorPresence, (mem.actor, mem.data, mem.actor_type, mem.joined_at, mem.room, count)
         )
         self._tick += 1
         mem.changed = self._tick
@@ -427,14 +431,19 @@ class PresenceStore:
         self._invalidate(mem.room)
 
     def _bury(self, key: _GoneKey, seq: int) -> None:
-        """Remember a leave so a list requested before it cannot bring the socket back."""
-        if self._max_gone <= 0:
-            return
+        """Remember a leave so a list requested before it cannot bring the socket back.
+
+        The newest `max_tombstones` leaves are always remembered. The dict keeps leaves in
+        the order buried and holds up to twice that many; then one pass keeps the newest
+        half, so a leave costs O(1) on average and no eviction scans past deleted slots.
+        """
         gone = self._gone
+        if key in gone:
+            del gone[key]  # buried again: it moves to the newest end
         gone[key] = seq
-        gone.move_to_end(key)
-        if len(gone) > self._max_gone:
-            gone.popitem(last=False)
+        if len(gone) > self._gone_limit:
+            keep = self._max_gone
+            self._gone = dict(itertools.islice(gone.items(), len(gone) - keep, None))
 
     def _changed_events(self, mem: _Member, before: ActorPresence) -> list[PublicEvent]:
         """After a change to a present membership: an update if its data changed.
@@ -452,13 +461,13 @@ class PresenceStore:
         ):
             return []
         room = mem.room
-        mem.view = view = make_presence(
-            mem.actor, mem.data, mem.actor_type, mem.joined_at, room, count
+        mem.view = view = _new(
+            ActorPresence, (mem.actor, mem.data, mem.actor_type, mem.joined_at, room, count)
         )
         self._tick += 1
         mem.changed = self._tick
         self._invalidate(room)
-        return [] if same else [_new_event(PublicEvent, (UPDATE, view, room, before))]
+        return [] if same else [_new(PublicEvent, (UPDATE, view, room, before))]
 
     # ------------------------------------------------------------ events
 
@@ -477,12 +486,13 @@ class PresenceStore:
             return self._leave(room, actor, cid, mem, seq, now)
         if kind != "join" and kind != "update":
             return []
-        if type(presence) is dict and _PLAIN.issuperset(map(type, presence.values())):
-            data = FrozenDict(presence)  # flat data without floats, as nearly all is
-            plain = True
-        else:
-            data = _data(presence)
-            plain = False
+        plain = type(presence) is dict  # flat data without floats, as nearly all is?
+        if plain:
+            for value in presence.values():
+                if type(value) not in _PLAIN:
+                    plain = False
+                    break
+        data = FrozenDict(presence) if plain else _data(presence)
         if self._gone:
             self._gone.pop((room, actor, cid), None)
         if mem is None:
@@ -494,13 +504,13 @@ class PresenceStore:
             if members is None:
                 members = self._rooms[room] = {}
             members[actor] = mem
-            mem.view = view = make_presence(actor, data, actor_type, None, room, 1)
+            mem.view = view = _new(ActorPresence, (actor, data, actor_type, None, room, 1))
             self._tick += 1
             mem.changed = self._tick
             self._snaps.pop(room, None)  # _invalidate, inline
             self._all = self._distinct = None
             self._version += 1
-            return [_new_event(PublicEvent, (JOIN, view, room, None))]
+            return [_new(PublicEvent, (JOIN, view, room, None))]
         before = mem.view
         assert before is not None
         if cid is None:
@@ -530,15 +540,16 @@ class PresenceStore:
             # certainly different data (no float, so no NaN to equal itself): an update,
             # without the strict comparison of _changed_events
             room = mem.room
-            mem.view = view = make_presence(
-                actor, data, mem.actor_type, mem.joined_at, room, len(mem.conns) + mem.anon
+            count = len(mem.conns) + mem.anon
+            mem.view = view = _new(
+                ActorPresence, (actor, data, mem.actor_type, mem.joined_at, room, count)
             )
             self._tick += 1
             mem.changed = self._tick
             self._snaps.pop(room, None)  # _invalidate, inline
             self._all = self._distinct = None
             self._version += 1
-            return [_new_event(PublicEvent, (UPDATE, view, room, before))]
+            return [_new(PublicEvent, (UPDATE, view, room, before))]
         return self._changed_events(mem, before)
 
     def _leave(
@@ -577,7 +588,7 @@ class PresenceStore:
         if not mem.anon and not mem.conns:
             self._remove(mem)
             self._bury((room, actor, None), seq)
-            return [_new_event(PublicEvent, (LEAVE, before, room, None))]
+            return [_new(PublicEvent, (LEAVE, before, room, None))]
         if mem.anon == 0 and mem.conns:
             mem.data = mem.newest_conn_data()
         return self._changed_events(mem, before)

@@ -1,6 +1,6 @@
 """The NoLag wire protocol, sans-IO: encode client frames, decode server frames to typed events.
 
-Nothing here touches a socket, a thread or a clock. `decode_frame` never raises: a frame it
+Nothing here touches a socket, a thread or a clock. The decoders never raise: a frame they
 cannot make sense of comes back as a `ProtocolError` value for the reader to log and count.
 Server frames mix key casings (presence events are snake_case, lists camelCase); every
 lookup accepts both, and unknown keys are ignored.
@@ -9,7 +9,7 @@ lookup accepts both, and unknown keys are ignored.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, Optional, Union
 
 import attrs
@@ -32,6 +32,7 @@ __all__ = [
     "ServerFrame",
     "decode_entry",
     "decode_frame",
+    "decode_frames",
     "decode_map",
     "encode_auth",
     "encode_clear_presence",
@@ -276,7 +277,7 @@ def _decode_auth(frame: Mapping[str, Any]) -> Union[AuthOk, AuthRefused]:
 
 
 def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
-    # the hot path: written for speed (plain lookups, extension keys only when present)
+    # every shape of presence event: either key casing, the local broker's extensions
     kind = frame.get("event")
     if kind not in PRESENCE_KINDS:
         raise _Bad(f"presence event {kind!r} is not join, update or leave")
@@ -396,21 +397,50 @@ def decode_map(frame: Any) -> Union[ServerFrame, ProtocolError]:
 
 def decode_frame(payload: bytes) -> Union[ServerFrame, ProtocolError]:
     """Decode one binary WebSocket message from the server. Never raises."""
-    if not payload:
-        return _HEARTBEAT
-    try:
-        value = _unpackb(payload, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types on garbage
-        return ProtocolError(f"undecodable MessagePack: {exc!r}", bytes(payload[:256]))
-    if type(value) is dict and value.get("type") == "presence":  # the hot path, one call less
+    return decode_frames((payload,))[0]
+
+
+def decode_frames(payloads: Iterable[bytes]) -> list[Union[ServerFrame, ProtocolError]]:
+    """Decode binary WebSocket messages from the server, in order. Never raises.
+
+    The reader's hot path: a whole batch in one call, and the real broker's plain presence
+    event (type, event and data; data holding actor_token_id, and presence unless a leave)
+    decoded inline. Anything else takes `decode_map`, which gives the same result.
+    """
+    out: list[Union[ServerFrame, ProtocolError]] = []
+    append = out.append
+    unpackb = _unpackb
+    new_tuple = _new_tuple
+    presence_event = PresenceEvent
+    for payload in payloads:
+        if not payload:
+            append(_HEARTBEAT)
+            continue
         try:
-            return _decode_presence(value)
-        except _Bad as exc:
-            return ProtocolError(f"malformed presence frame: {exc}", bytes(payload[:256]))
-    result = decode_map(value)
-    if isinstance(result, ProtocolError) and not result.payload:
-        return ProtocolError(result.reason, bytes(payload[:256]))
-    return result
+            value = unpackb(payload, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            append(ProtocolError(f"undecodable MessagePack: {exc!r}", bytes(payload[:256])))
+            continue
+        if type(value) is dict and len(value) == 3 and value.get("type") == "presence":
+            kind = value.get("event")
+            data: Any = value.get("data")
+            actor = data.get("actor_token_id") if type(data) is dict else None
+            if type(actor) is str and actor:
+                if kind == "leave" and len(data) == 1:
+                    presence = None
+                elif (kind == "join" or kind == "update") and len(data) == 2:
+                    presence = data.get("presence", _MISSING)
+                else:
+                    presence = _MISSING
+                if presence is not _MISSING:
+                    fields = (kind, actor, presence, None, False, None, None)
+                    append(new_tuple(presence_event, fields))
+                    continue
+        result = decode_map(value)
+        if type(result) is ProtocolError and not result.payload:
+            result = ProtocolError(result.reason, bytes(payload[:256]))
+        append(result)
+    return out
 
 
 # ---------------------------------------------------------------- client → server frames

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from typing import Any, Optional
 
 import pytest
@@ -523,15 +524,19 @@ def test_connection_leave_for_an_anonymous_socket() -> None:
     assert names(f("leave", "a", cid="c2")) == [(LEAVE, "a", {"x": 1})]
 
 
-def test_tombstones_are_bounded() -> None:
-    f = Feed(max_tombstones=1)
-    f.pair("a", {})
-    f.pair("b", {})
+def test_tombstones_are_bounded_and_the_newest_are_kept() -> None:
+    f = Feed(max_tombstones=2)
+    for actor in "abcde":
+        f.pair(actor, {})
     mark = f.store.mark()
-    f("leave", "a")
-    f("leave", "b")  # evicts a's tombstone
-    events = f.listed(entry("a", {}), entry("b", {}), mark=mark)
-    assert names(events) == [(JOIN, "a", {})]  # documented: memory of leaves is bounded
+    for actor in "abcdb":  # b leaves, comes back in between, and leaves again: newest
+        if actor == "b" and f.store.get("b") is None:
+            f.pair("b", {})
+        f("leave", actor)
+    f("leave", "e")  # the fifth tombstone: over twice the bound, the newest two stay
+    events = f.listed(*(entry(actor, {}) for actor in "abcde"), mark=mark)
+    # documented: memory of leaves is bounded, and the newest max_tombstones survive
+    assert sorted(names(events)) == [(JOIN, "a", {}), (JOIN, "c", {}), (JOIN, "d", {})]
 
 
 def test_no_tombstones_at_all() -> None:
@@ -673,8 +678,36 @@ def test_snapshots_are_immutable() -> None:
     assert actor.presence["x"] == (1, FrozenDict({"y": 2}))
 
 
+def test_an_actor_presence_record_freezes_its_data_however_it_is_made() -> None:
+    """The constructor, _replace and unpickling all go through the freezing __new__."""
+    data = {"tags": ["a", {"b": 1}]}
+    made = ActorPresence("a", data, "user", 1.5, "r", 2)
+    data["tags"].append("c")  # the caller's data is not the record's
+    changed = made._replace(presence={"tags": [1]}, connections=3)
+    unpickled = pickle.loads(pickle.dumps(made))
+    for record in (made, changed, unpickled):
+        assert type(record) is ActorPresence
+        assert type(record.presence) is FrozenDict
+        assert type(record.presence["tags"]) is tuple
+        with pytest.raises(AttributeError):
+            record.presence = {}  # type: ignore[misc]
+        hash(record)
+    assert made.presence["tags"] == ("a", FrozenDict({"b": 1}))
+    assert unpickled == made and (changed.connections, changed.room) == (3, "r")
+    assert made.to_dict() == {
+        "actorTokenId": "a",
+        "actorType": "user",
+        "presence": {"tags": ["a", {"b": 1}]},
+        "joinedAt": 1.5,
+        "roomId": "r",
+        "connections": 2,
+    }
+    assert ActorPresence("x") == ActorPresence("x", {}, None, None, None, 1)
+    assert repr(ActorPresence("x")).startswith("ActorPresence(actor_token_id='x', presence=")
+
+
 def test_views_built_on_the_fast_path_equal_the_public_constructor() -> None:
-    """Flat wire data takes a shortcut (make_presence, no attrs __init__): the result must
+    """Flat wire data takes a shortcut (tuple.__new__, no freezing): the result must
     be indistinguishable from ActorPresence(...), frozen, and its data a copy."""
     f = Feed()
     wire = {"n": 1, "name": "Ann", "ok": True, "gone": None}

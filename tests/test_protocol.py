@@ -331,3 +331,57 @@ def test_presence_data_validation_names_the_key_and_refuses_bytes() -> None:
     plain, packed = p.validate_presence_data({"a": (1, 2), "b": {"c": None}}, 1024)
     assert plain == {"a": [1, 2], "b": {"c": None}}
     assert msgpack.unpackb(packed) == plain
+
+
+@st.composite
+def _presence_frames(draw: st.DrawFn) -> dict[str, Any]:
+    """Presence frames near the real broker's plain shape, and some way off it."""
+    kind = draw(st.sampled_from(["join", "update", "leave", "wave"]) | _json)
+    data: Any = {
+        draw(st.sampled_from(["actor_token_id", "actorTokenId"])): draw(
+            st.sampled_from(["alice", ""]) | _json
+        )
+    }
+    if draw(st.booleans()):
+        data["presence"] = draw(_json)
+    data.update(draw(st.dictionaries(st.sampled_from(["actorType", "connection_id"]), _json)))
+    frame = {"type": "presence", "event": kind, "data": draw(st.just(data) | _json)}
+    frame.update(draw(st.dictionaries(st.sampled_from(["roomId", "extra"]), _json, max_size=1)))
+    for key in draw(st.lists(st.sampled_from(["event", "data"]), max_size=1)):
+        del frame[key]
+    return frame
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_presence_frames(), max_size=6))
+def test_the_batch_decoder_s_inline_presence_path_matches_decode_map(
+    frames: list[dict[str, Any]],
+) -> None:
+    """decode_frames decodes the real broker's plain presence event inline; whatever shape
+    a presence frame has, the result must be exactly what the general decode_map gives."""
+    payloads = [msgpack.packb(f) for f in frames]
+    decoded = p.decode_frames(payloads)
+    assert len(decoded) == len(frames)
+    for got, payload in zip(decoded, payloads):
+        want = p.decode_map(msgpack.unpackb(payload, strict_map_key=False))
+        if isinstance(want, p.ProtocolError):
+            assert got == p.ProtocolError(want.reason, payload[:256])
+        else:  # repr, not ==: a NaN in the data is never equal to itself
+            assert type(got) is type(want) and repr(got) == repr(want)
+
+
+def test_a_batch_decodes_in_order_and_a_bad_frame_spoils_only_itself() -> None:
+    join = msgpack.packb(
+        {"type": "presence", "event": "join", "data": {"actor_token_id": "a", "presence": {}}}
+    )
+    leave = msgpack.packb({"type": "presence", "event": "leave", "data": {"actor_token_id": "a"}})
+    decoded = p.decode_frames([join, b"\xc1", b"", leave])
+    assert [type(f) for f in decoded] == [
+        p.PresenceEvent,
+        p.ProtocolError,
+        p.Heartbeat,
+        p.PresenceEvent,
+    ]
+    assert (decoded[0].kind, decoded[0].actor_token_id, decoded[0].presence) == ("join", "a", {})
+    assert (decoded[3].kind, decoded[3].presence, decoded[3].room_given) == ("leave", None, False)
+    assert p.decode_frames([]) == []
