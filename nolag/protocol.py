@@ -421,21 +421,24 @@ def decode_frames(payloads: Iterable[bytes]) -> list[Union[ServerFrame, Protocol
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             append(ProtocolError(f"undecodable MessagePack: {exc!r}", bytes(payload[:256])))
             continue
-        if type(value) is dict and len(value) == 3 and value.get("type") == "presence":
-            kind = value.get("event")
-            data: Any = value.get("data")
-            actor = data.get("actor_token_id") if type(data) is dict else None
-            if type(actor) is str and actor:
-                if kind == "leave" and len(data) == 1:
-                    presence = None
-                elif (kind == "join" or kind == "update") and len(data) == 2:
-                    presence = data.get("presence", _MISSING)
-                else:
-                    presence = _MISSING
-                if presence is not _MISSING:
-                    fields = (kind, actor, presence, None, False, None, None)
-                    append(new_tuple(presence_event, fields))
-                    continue
+        if type(value) is dict and len(value) == 3:
+            try:  # subscripts, not .get(): a missing key raises and takes the general path
+                if value["type"] == "presence" and type(value["data"]) is dict:
+                    kind = value["event"]
+                    data = value["data"]
+                    actor = data["actor_token_id"]
+                    if kind == "leave" and len(data) == 1:
+                        presence = None
+                    elif (kind == "join" or kind == "update") and len(data) == 2:
+                        presence = data["presence"]
+                    else:
+                        presence = _MISSING
+                    if presence is not _MISSING and type(actor) is str and actor:
+                        fields = (kind, actor, presence, None, False, None, None)
+                        append(new_tuple(presence_event, fields))
+                        continue
+            except KeyError:
+                pass
         result = decode_map(value)
         if type(result) is ProtocolError and not result.payload:
             result = ProtocolError(result.reason, bytes(payload[:256]))

@@ -344,7 +344,8 @@ def _presence_frames(draw: st.DrawFn) -> dict[str, Any]:
     }
     if draw(st.booleans()):
         data["presence"] = draw(_json)
-    data.update(draw(st.dictionaries(st.sampled_from(["actorType", "connection_id"]), _json)))
+    extras = st.sampled_from(["actorType", "connection_id"])
+    data.update(draw(st.dictionaries(extras, st.sampled_from(["tab-1", "user"]) | _json)))
     frame = {"type": "presence", "event": kind, "data": draw(st.just(data) | _json)}
     frame.update(draw(st.dictionaries(st.sampled_from(["roomId", "extra"]), _json, max_size=1)))
     for key in draw(st.lists(st.sampled_from(["event", "data"]), max_size=1)):
