@@ -43,7 +43,7 @@ from nolag.errors import (
     RateLimitError,
     ServerError,
 )
-from nolag.events import Dispatcher, Handler, Item, Registry
+from nolag.events import PRESENCE_EVENTS, Dispatcher, Handler, Item, Registry
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions, freeze
 from nolag.presence import PresenceStore, PublicEvent
 from nolag.readloop import read_loop
@@ -853,14 +853,16 @@ class NoLag:
             batch: list[Item] = []
             self._batch = batch
             self._now = time.monotonic()
+            listening = self._listening()
             try:
                 for start in range(0, len(payloads), _DECODE_SLICE):
                     for frame in decode(payloads[start : start + _DECODE_SLICE]):
                         if type(frame) is presence_event:
                             events = apply_event(frame)
                             if events:
-                                batch += events
                                 emitted += len(events)
+                                if listening:
+                                    batch += events
                         else:
                             self._apply(frame)
             finally:
@@ -1087,11 +1089,21 @@ class NoLag:
         if not events:
             return
         self.stats.events_emitted += len(events)
+        if not self._listening():
+            return
         batch = self._batch
         if batch is not None:
             batch += events
         else:
             self._dispatcher.emit_many(list(events))
+
+    def _listening(self) -> bool:
+        """Whether a presence handler is registered on the client or one of its rooms
+        (a client that only reads its cache queues no events for the dispatcher)."""
+        handlers = self._events._handlers
+        if any(handlers.get(name) for name in PRESENCE_EVENTS):
+            return True
+        return any(context._events._handlers for context in self._rooms.values())
 
     def _emit_to(self, registry: Registry, events: Sequence[PublicEvent]) -> None:
         for event in events:

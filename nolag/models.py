@@ -134,6 +134,11 @@ class ActorPresence(_PresenceFields):
         )
         return tuple.__new__(cls, fields)
 
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> ActorPresence:  # type: ignore[override]
+        """A record from an iterable of its six fields, through the constructor."""
+        return cls(*iterable)
+
     def _replace(self, **changes: Any) -> ActorPresence:
         """A copy with some fields changed, through the constructor (data frozen again)."""
         return ActorPresence(**{**self._asdict(), **changes})

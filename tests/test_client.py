@@ -360,3 +360,42 @@ def test_a_starved_reader_is_not_mistaken_for_a_dead_server(broker: EmbeddedBrok
         wait_until(lambda: (alice.get_presence("bob") or ActorPresence("x")).presence == {"n": 19})
         assert alice.connected
         assert alice.stats.reconnects == 0
+
+
+def test_presence_events_are_queued_only_for_a_listener(broker: EmbeddedBroker) -> None:
+    """A client that only reads its cache hands its dispatcher nothing; a handler on a
+    room context alone is enough to get that room's events, and its errors are reported."""
+    with (
+        connected(broker.url, TOKENS["alice"]) as alice,
+        connected(broker.url, TOKENS["bob"]) as bob,
+    ):
+        queued: list[Any] = []
+        emit_many = bob._dispatcher.emit_many
+
+        def spy(items: list[Any]) -> None:  # a spy on the real call, which still runs
+            queued.extend(items)
+            emit_many(items)
+
+        bob._dispatcher.emit_many = spy  # type: ignore[method-assign]
+        bob.set_presence({"n": 0}, room="general")
+        alice.set_presence({"n": 1}, room="general")
+        wait_until(lambda: bob.get_presence("alice", "general"))
+        alice.set_presence({"n": 2}, room="general")
+        wait_until(lambda: bob.get_presence("alice", "general").presence == {"n": 2})  # type: ignore[union-attr]
+        assert queued == []
+        assert bob.stats.events_emitted >= 2  # the cache did change
+
+        updates: list[Any] = []
+        errors: list[BaseException] = []
+        bob.on("error", errors.append)
+        general = bob.set_room("general")
+
+        def on_update(actor: ActorPresence) -> None:
+            updates.append(actor.presence["n"])
+            raise RuntimeError("room handler failed")
+
+        general.on("presence:update", on_update)
+        alice.set_presence({"n": 3}, room="general")
+        wait_until(lambda: updates == [3] and len(errors) == 1)
+        assert isinstance(errors[0], RuntimeError)
+        assert [e.name for e in queued] == ["presence:update"]

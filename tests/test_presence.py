@@ -685,7 +685,8 @@ def test_an_actor_presence_record_freezes_its_data_however_it_is_made() -> None:
     data["tags"].append("c")  # the caller's data is not the record's
     changed = made._replace(presence={"tags": [1]}, connections=3)
     unpickled = pickle.loads(pickle.dumps(made))
-    for record in (made, changed, unpickled):
+    remade = ActorPresence._make(["a", {"tags": ["x"]}, None, None, None, 1])
+    for record in (made, changed, unpickled, remade):
         assert type(record) is ActorPresence
         assert type(record.presence) is FrozenDict
         assert type(record.presence["tags"]) is tuple
