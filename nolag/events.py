@@ -188,7 +188,8 @@ class Dispatcher:
                 self._call(registry, event, args)
 
     def _run_batch(self, items: list[Item]) -> None:
-        """A batch from the reader, in order; the cache's events, _call inlined (hot path)."""
+        """A batch from the reader, in order; for the cache's events the client's handlers
+        are called inline (the hot path)."""
         client = self._registry
         handlers = client._handlers
         rooms = self._rooms
@@ -204,13 +205,9 @@ class Dispatcher:
                     context = rooms.get(room)
                     if context is not None:
                         self._call(context._events, name, (actor,))
-            else:
+            else:  # a lifecycle or lobby event (rare): no need to inline
                 registry, event, args = item  # type: ignore[misc]  # not a PublicEvent
-                for handler in registry._handlers.get(event, ()):
-                    try:
-                        handler(*args)
-                    except Exception as exc:
-                        self._failed(registry, event, exc)
+                self._call(registry, event, args)
 
     def _call(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
         for handler in registry._handlers.get(event, ()):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import selectors
 import socket
 import threading
@@ -28,6 +27,7 @@ import time
 from typing import Callable, Optional
 
 from nolag.errors import ConnectionClosedError
+from nolag.perprocess import PerProcess
 from nolag.transport import Transport
 
 __all__ = ["ReadLoop", "Registration", "read_loop"]
@@ -69,7 +69,6 @@ class ReadLoop:
         self._due: list[Registration] = []  # to service without waiting on the socket
         self._thread: Optional[threading.Thread] = None
         self._numbers = itertools.count(1)
-        self._pid = os.getpid()
 
     @property
     def thread(self) -> Optional[threading.Thread]:
@@ -205,29 +204,9 @@ class ReadLoop:
         self._selector.close()
 
 
-_loop: Optional[ReadLoop] = None
-_loop_lock = threading.Lock()
+_loop = PerProcess(ReadLoop, ReadLoop.abandon)
 
 
 def read_loop() -> ReadLoop:
     """The process's read loop (created on first use, replaced in a forked child)."""
-    global _loop
-    loop = _loop
-    if loop is not None and loop._pid == os.getpid():
-        return loop
-    with _loop_lock:
-        if _loop is None or _loop._pid != os.getpid():
-            _loop = ReadLoop()
-        return _loop
-
-
-def _after_fork_in_child() -> None:
-    global _loop, _loop_lock
-    _loop_lock = threading.Lock()  # the parent may have held it while forking
-    if _loop is not None:
-        _loop.abandon()
-        _loop = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    return _loop.get()

@@ -13,11 +13,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
 from typing import Any, Callable, Optional
+
+from nolag.perprocess import PerProcess
 
 __all__ = ["Scheduler", "TimerGroup", "TimerHandle", "TokenBucket", "shared_scheduler"]
 
@@ -56,7 +57,6 @@ class Scheduler:
         self._cond = threading.Condition(threading.Lock())
         self._thread_name = thread_name
         self._thread: Optional[threading.Thread] = None
-        self._pid = os.getpid()
 
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run fn(*args) once, `delay` seconds from now."""
@@ -200,28 +200,10 @@ class TimerGroup:
         return handle
 
 
-_shared: Optional[Scheduler] = None
-_shared_lock = threading.Lock()
 _shared_numbers = itertools.count(1)
+_shared = PerProcess(lambda: Scheduler(f"nolag-timer-{next(_shared_numbers)}"))
 
 
 def shared_scheduler() -> Scheduler:
     """The process's scheduler (created on first use, replaced in a forked child)."""
-    global _shared
-    scheduler = _shared
-    if scheduler is not None and scheduler._pid == os.getpid():
-        return scheduler
-    with _shared_lock:
-        if _shared is None or _shared._pid != os.getpid():
-            _shared = Scheduler(f"nolag-timer-{next(_shared_numbers)}")
-        return _shared
-
-
-def _after_fork_in_child() -> None:
-    global _shared, _shared_lock
-    _shared_lock = threading.Lock()  # a parent thread may have held it while forking
-    _shared = None  # its thread does not exist here, and its lock may be held
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    return _shared.get()
