@@ -295,7 +295,6 @@ class PresenceStore:
         #: (room, actor, connection id or None) -> sequence of a leave that emptied it,
         #: oldest first (see _bury)
         self._gone: dict[_GoneKey, int] = {}
-        self._gone_limit = 2 * max_tombstones
         self._list_marks: dict[Optional[str], int] = {}
         self._floor = 0
         self._seq = 0
@@ -441,9 +440,9 @@ class PresenceStore:
         if key in gone:
             del gone[key]  # buried again: it moves to the newest end
         gone[key] = seq
-        if len(gone) > self._gone_limit:
-            keep = self._max_gone
-            self._gone = dict(itertools.islice(gone.items(), len(gone) - keep, None))
+        if len(gone) > 2 * self._max_gone:
+            first_kept = len(gone) - self._max_gone
+            self._gone = dict(itertools.islice(gone.items(), first_kept, None))
 
     def _changed_events(self, mem: _Member, before: ActorPresence) -> list[PublicEvent]:
         """After a change to a present membership: an update if its data changed.
