@@ -42,7 +42,7 @@ _LAZY = {
     "ClientStats": "nolag.client",
     "App": "nolag.rooms",
     "Room": "nolag.rooms",
-    "Lobby": "nolag.rooms",
+    "Lobby": "nolag.lobby",
     "TypingIndicator": "nolag.typing_indicator",
 }
 

@@ -1,93 +1,64 @@
-"""The public facade `NoLag`: connect/auth, presence calls, the cache, reconnects, threads.
+"""The public facade `NoLag`: the API, and the wiring of the session, the loop and the threads.
 
-Threads (all daemons, joined by disconnect()):
-- ``nolag-reader-<k>``: one per process, shared by every client (nolag.readloop): reads
-  each socket when it is readable and calls the owner's `_on_batch`, which decodes the
-  frames, applies them to the store and queues public events.
-- ``nolag-timer-<k>``: one per process, shared too (nolag.timers): each client's
-  empty-frame heartbeat, liveness check, coalesced presence flushes and typing-indicator
-  timeouts, as a `TimerGroup` the client cancels on disconnect().
-- ``nolag-dispatcher-<n>``: runs user callbacks in order (see nolag.events).
-- ``nolag-reconnect-<n>``: only after an unexpected loss, while it reconnects with backoff.
+The rules live in `nolag.session.Session` (pure); this module feeds it, under the
+client's lock, what happened -- frames read by the loop, user calls, timer ticks, a lost
+connection -- and carries out the effects it returns without ever blocking: frames go to
+the connection's outbox in the loop, events to the dispatcher, answers to the callers
+waiting on them. Nothing here runs user code under the lock, and nothing the loop thread
+calls waits on a peer.
 
-Own presence is *desired state*: set_presence() records what this client wants to show,
-and a flush sends whatever differs from what this connection has sent, at most
-`max_presence_rate` frames a second (latest wins), so a burst of calls becomes a few
-frames and a reconnect simply flushes everything again.
+Threads (all daemons, named, joined by disconnect()):
+- ``nolag-loop-<k>``: one per process, shared by every client (nolag._io.loop): every
+  socket read and write, and every timer.
+- ``nolag-dispatcher-<n>``: runs this client's callbacks in order (nolag.events).
+- ``nolag-connect-<n>``: only after an unexpected loss, while it reconnects with backoff.
+The opening handshake runs on the caller's thread (connect(), clear_presence()) or on the
+connect thread, bounded as a whole by its deadline.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import os
-import random
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 import attrs
 
 from nolag import protocol
+from nolag._io.loop import Channel, TimerHandle, shared_loop
+from nolag._io.rest import NoRestEndpoint, RestClient
+from nolag._io.transport import open_websocket
 from nolag.errors import (
     AuthenticationError,
     ConnectionClosedError,
     ConnectionError,
-    ForbiddenError,
     NoLagError,
-    NotConnectedError,
     PresenceTimeoutError,
-    RateLimitError,
-    ServerError,
 )
-from nolag.events import PRESENCE_EVENTS, Dispatcher, Handler, Item, Registry
+from nolag.events import PRESENCE_EVENTS, Dispatcher, Handler, Lifecycle, Registry
+from nolag.lobby import Lobby, LobbyState
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions, freeze
-from nolag.presence import PresenceStore, PublicEvent
-from nolag.readloop import read_loop
-from nolag.rest import NoRestEndpoint, RestClient
-from nolag.timers import TimerGroup, TimerHandle, TokenBucket
-from nolag.transport import Transport
-
-if TYPE_CHECKING:
-    from nolag.rooms import App, Lobby, Room
+from nolag.presence import PublicEvent
+from nolag.rooms import App, Room
+from nolag.session import ClientStats, Effects, Session, merge_entries
 
 __all__ = ["ClientStats", "NoLag", "merge_entries"]
 
 log = logging.getLogger("nolag")
 
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
-_client_numbers = itertools.count(1)
-
-#: errors that mean "this room (or lobby) is not yours": our presence there was refused
-_REFUSALS = ("not_authorized", "unknown_topic")
-
-#: frames decoded at a time: few enough that a slice's decoded frames are freed before
-#: the garbage collector's youngest generation fills (700 objects), so they are never
-#: promoted to be scanned again by older collections (~6% faster ingest than decoding a
-#: 256 KiB read's ~2,500 frames at once)
-_DECODE_SLICE = 64
+_client_numbers = iter(range(1, 1 << 62))
 
 
-@attrs.define(slots=True)
-class ClientStats:
-    """Counters a client keeps about its connection (read them, don't write them)."""
-
-    frames_received: int = 0
-    frames_sent: int = 0
-    presence_sent: int = 0
-    presence_coalesced: int = 0
-    protocol_errors: int = 0
-    server_errors: int = 0
-    events_emitted: int = 0
-    reconnects: int = 0
-
-
-class Waiter:
-    """A caller blocked on one reply (a presence list, a lobby snapshot, ...)."""
+class _Reply:
+    """A caller blocked on one answer (an auth reply, a list, a lobby snapshot)."""
 
     __slots__ = ("_event", "error", "result")
 
@@ -96,76 +67,78 @@ class Waiter:
         self.result: Any = None
         self.error: Optional[BaseException] = None
 
-    def resolve(self, result: Any) -> None:
-        self.result = result
-        self._event.set()
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self._event.set()
+    def resolve(self, result: Any, error: Optional[BaseException]) -> None:
+        if not self._event.is_set():
+            self.result, self.error = result, error
+            self._event.set()
 
     def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
+        return self._event.wait(max(0.0, timeout))
 
 
-@attrs.define(slots=True)
-class _Pending:
-    """One request sent on the socket, awaiting its ordered reply.
+class _Opening:
+    """A connection between its handshake and its auth reply: the loop hands its frames
+    here until the client adopts it."""
 
-    `key` is ("room", slug-or-None) for getPresence, ("lobby", slug) for lobbySubscribe and
-    getLobbyPresence, ("unsubscribe", slug) for lobbyUnsubscribe. `waiter` is None for the
-    client's own syncs.
-    """
+    __slots__ = ("channel", "leftover", "reply")
 
-    key: tuple[str, Optional[str]]
-    mark: int
-    waiter: Optional[Waiter]
+    def __init__(self) -> None:
+        self.channel: Optional[Channel] = None
+        self.reply = _Reply()
+        self.leftover: list[bytes] = []
+
+    def feed(self, payloads: list[bytes]) -> None:
+        """Frames before adoption: find the auth answer; keep what follows it."""
+        if self.reply._event.is_set():
+            self.leftover.extend(payloads)
+            return
+        for index, frame in enumerate(protocol.decode_frames(payloads)):
+            if isinstance(frame, protocol.AuthOk):
+                self.leftover.extend(payloads[index + 1 :])
+                self.reply.resolve(frame, None)
+                return
+            if isinstance(frame, protocol.AuthRefused):
+                self.reply.resolve(None, AuthenticationError(frame.error))
+                return
+            if isinstance(frame, protocol.ErrorFrame) and frame.error == "not_authenticated":
+                self.reply.resolve(None, AuthenticationError(frame.error))
+                return
 
 
-def _server_exception(frame: protocol.ErrorFrame) -> ServerError:
-    """Map an error frame to the typed exception users catch."""
-    kind: type[ServerError] = ServerError
-    if frame.error == "not_authorized":
-        kind = ForbiddenError
-    elif frame.error == "rate_limit_exceeded":
-        kind = RateLimitError
-    return kind(
-        frame.error,
-        code=frame.code,
-        hint=frame.hint,
-        room=frame.room,
-        lobby=frame.lobby_id,
-        topic=frame.topic,
+class _Resources:
+    """What a client holds that must be released even if it is garbage-collected
+    without disconnect() (no reference back to the client)."""
+
+    __slots__ = ("channel", "dispatcher", "timer")
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.channel: Optional[Channel] = None
+        self.timer: Optional[TimerHandle] = None
+        self.dispatcher = dispatcher
+
+
+def _release(resources: _Resources, number: int) -> None:
+    """A client was collected while connected: close its connection, end its threads."""
+    channel, resources.channel = resources.channel, None
+    if channel is None:
+        return
+    warnings.warn(
+        f"NoLag client #{number} was garbage-collected while connected; "
+        "call disconnect() (or use `with NoLag(...) as client:`)",
+        ResourceWarning,
+        stacklevel=2,
     )
+    if resources.timer is not None:
+        resources.timer.cancel()
+    channel.close(1.0)
+    resources.dispatcher.stop(0.0)
 
 
-def merge_entries(
-    entries: Sequence[protocol.PresenceEntry], room: Optional[str]
-) -> list[ActorPresence]:
-    """Fold per-socket list entries into one ActorPresence per actor, in first-seen order.
-
-    Joined-at is the earliest socket's; the data is that of the socket that set it last
-    (the local broker's updateSeq, else the latest joinedAt), and `connections` counts
-    the sockets.
-    """
-    grouped: dict[str, list[protocol.PresenceEntry]] = {}
-    for entry in entries:
-        grouped.setdefault(entry.actor_token_id, []).append(entry)
-    actors = []
-    for actor_id, group in grouped.items():
-        newest = max(group, key=lambda e: (e.update_seq or 0, e.joined_at or 0))
-        times = [e.joined_at for e in group if e.joined_at is not None]
-        actors.append(
-            ActorPresence(
-                actor_token_id=actor_id,
-                presence=newest.presence,
-                actor_type=next((e.actor_type for e in group if e.actor_type), None),
-                joined_at=min(times) if times else None,
-                room=room,
-                connections=sum(e.connections for e in group),
-            )
-        )
-    return actors
+def _tick(ref: weakref.ref[NoLag]) -> None:
+    """The loop's timer for one client (weakly held, so a dropped client can be collected)."""
+    client = ref()
+    if client is not None:
+        client._on_timer()
 
 
 class NoLag:
@@ -200,157 +173,144 @@ class NoLag:
         self._number = next(_client_numbers)
         self._events = Registry()
         self._rooms: dict[str, Room] = {}
+        self._room_events: dict[str, Registry] = {}
         self._lobbies: dict[str, Lobby] = {}
+        self._lobby_events: dict[str, Registry] = {}
         self._setup()
         _live_clients.add(self)
 
     def _setup(self) -> None:
-        """Fresh locks, threads' state, cache and connection state (also after a fork)."""
+        """Fresh locks, session, dispatcher and connection state (also after a fork)."""
         self._pid = os.getpid()
-        self._lock = threading.RLock()  # state, store, own presence, pending replies
+        self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified when the cache changes
-        self._io_lock = threading.Lock()  # keeps pending-reply order equal to send order
+        self._session = Session(self.options, self._token)
+        self._dispatcher = Dispatcher(
+            f"nolag-dispatcher-{self._number}",
+            self._events,
+            self._room_events,
+            self._lobby_events,
+        )
+        self._res = _Resources(self._dispatcher)
+        self._finalizer = weakref.finalize(self, _release, self._res, self._number)
+        self._opening: Optional[_Opening] = None
+        self._replies: dict[int, _Reply] = {}
+        self._timer_at: Optional[float] = None
         self._closing = threading.Event()
         self._disconnected = threading.Event()
         self._disconnected.set()
-        self._state = ConnectionState.DISCONNECTED
-        self._transport: Optional[Transport] = None
-        self._reconnector: Optional[threading.Thread] = None
-        self._store = PresenceStore()
-        self._dispatcher = Dispatcher(f"nolag-dispatcher-{self._number}", self._events, self._rooms)
-        self._scheduler = TimerGroup()
-        self._rest = RestClient(self.options.derived_rest_url(), self._token)
+        self._connector: Optional[threading.Thread] = None
+        self._rest = RestClient(self.options.derived_rest_url(), self._token, self._schedule)
         self._rest_available: Optional[bool] = None
-        self.stats = ClientStats()
-        self._actor_id: Optional[str] = None
-        self._project_id: Optional[str] = None
-        self._actor_type: Optional[str] = None
-        # own presence: what we want shown, and what this connection has sent
-        self._own_room: Optional[tuple[str, dict[str, Any]]] = None
-        self._own_project: Optional[dict[str, Any]] = None
-        self._sent_room: Optional[tuple[str, dict[str, Any]]] = None
-        self._sent_project: Optional[dict[str, Any]] = None
-        self._bucket: Optional[TokenBucket] = None
-        self._flush_timer: Optional[TimerHandle] = None
-        self._heartbeat_timer: Optional[TimerHandle] = None
-        self._last_heartbeat = 0.0
-        # the room this socket is in, as far as events without a roomId are concerned
-        self._socket_room: Optional[str] = None
-        self._room_confirmed = False  # our own event for _socket_room has arrived
-        self._stale_room_leaves = 0  # own leaves still due from rooms we switched away from
-        self._quiet_errors: collections.Counter[tuple[str, Optional[str]]] = collections.Counter()
-        self._lobby_alias: dict[str, str] = {}  # a broker's internal lobby id -> our slug
-        self._pending: collections.deque[_Pending] = collections.deque()
-        # while the reader applies a batch of frames, events collect here (lock held)
-        self._batch: Optional[list[Item]] = None
-        self._now = 0.0  # monotonic time of the batch being applied
         self._fork_pending = False  # set in a forked child that must reconnect on first use
-        # socket reads wake this often; a write blocked this long drops the connection
-        self._io_timeout = max(1.0, min(5.0, self.options.heartbeat_interval))
 
     # ------------------------------------------------------------ properties
 
     @property
     def status(self) -> ConnectionState:
         """The connection state: disconnected, connecting, connected, reconnecting."""
-        return self._state
+        return self._session.status
 
     @property
     def connected(self) -> bool:
         """True while the socket is open and authenticated."""
-        return self._state is ConnectionState.CONNECTED
+        return self._session.connected
 
     @property
     def actor_id(self) -> Optional[str]:
         """This token's actor id, known once connected."""
-        return self._actor_id
+        return self._session.actor_id
 
     @property
     def project_id(self) -> Optional[str]:
         """The project the token belongs to, known once connected."""
-        return self._project_id
+        return self._session.project_id
 
     @property
     def actor_type(self) -> Optional[str]:
         """The token's actor type (user, device, server, ...), known once connected."""
-        return self._actor_type
+        return self._session.actor_type
 
     @property
     def room(self) -> Optional[str]:
         """The room this client's presence is in (one room per connection), if any."""
-        own = self._own_room
-        return own[0] if own else None
+        return self._session.room
+
+    @property
+    def stats(self) -> ClientStats:
+        """Counters about the connection (frames, presence sent and coalesced, events...)."""
+        return self._session.stats
 
     def __repr__(self) -> str:
-        return f"<NoLag #{self._number} {self._state.value} actor={self._actor_id!r}>"
+        return f"<NoLag #{self._number} {self.status.value} actor={self.actor_id!r}>"
 
     # ------------------------------------------------------------ connect / disconnect
 
     def connect(self, timeout: Optional[float] = None) -> NoLag:
-        """Open the connection and block until authenticated.
+        """Open the connection and block until authenticated, `timeout` seconds at most for
+        the whole call (default: options.connect_timeout).
 
         Raises AuthenticationError if the token is refused (no retry), or a
-        nolag.ConnectionError if the server cannot be reached within `timeout`
-        (default: options.connect_timeout).
+        nolag.ConnectionError (saying what failed and where) if the server cannot be
+        reached, does not complete the handshake or does not answer the auth in time.
         """
         self._check_fork()
         timeout = self._timeout(timeout, self.options.connect_timeout, "timeout")
+        deadline = time.monotonic() + timeout
         with self._lock:
-            if self._state is ConnectionState.CONNECTED:
+            if self._session.connected:
                 return self
-            if self._state is not ConnectionState.DISCONNECTED:
-                raise NoLagError(f"connect() while {self._state.value}")
-            self._state = ConnectionState.CONNECTING
+            if not self._session.can("connect"):
+                raise NoLagError(f"connect() while {self.status.value}")
+            auth = self._session.begin("connect")
             self._closing.clear()
             self._disconnected.clear()
-        try:
-            transport, auth = self._open(timeout, reconnect=False)
-        except BaseException:
-            with self._lock:
-                self._state = ConnectionState.DISCONNECTED
-                self._disconnected.set()
-            raise
         self._dispatcher.start()
-        self._on_open(transport, auth, "connect")
-        tick = min(1.0, self.options.heartbeat_interval / 4)
-        self._last_heartbeat = time.monotonic()
-        self._heartbeat_timer = self._scheduler.call_every(tick, self._heartbeat)
+        try:
+            opening = self._open(deadline, auth)
+        except BaseException as exc:
+            with self._lock:
+                self._carry(self._session.open_failed(exc, time.monotonic()))
+                self._disconnected.set()
+            self._dispatcher.stop(max(0.1, deadline - time.monotonic()))
+            shared_loop().join_if_idle(max(0.1, deadline - time.monotonic()))
+            raise
+        self._adopt(opening, silent=False)
         return self
 
     def disconnect(self, timeout: float = 5.0) -> None:
         """Close the connection, stop every thread, clear the cache and forget own presence.
 
-        Lobby subscriptions end too. Safe to call twice, and from inside a callback. In a
-        forked child it only forgets the parent's connection.
+        The last presence set is sent first (so peers see it), then the connection closes;
+        the whole call takes at most `timeout` seconds. Lobby subscriptions end too. Safe
+        to call twice, and from inside a callback. In a forked child it only forgets the
+        parent's connection.
         """
         if os.getpid() != self._pid:
             self._reset_after_fork()
+        deadline = time.monotonic() + timeout
         self._fork_pending = False
         self._closing.set()
-        with self._changed:
-            was = self._state
-            self._state = ConnectionState.DISCONNECTED
-            transport, self._transport = self._transport, None
-            self._fail_pending(ConnectionClosedError("the client disconnected"))
-            self._store.reset()
-            for lobby in self._lobbies.values():
-                lobby._forget()
-            self._own_room = self._own_project = None  # a later connect() starts afresh
-            self._sent_room = self._sent_project = None
-            self._socket_room = None
-            self._stale_room_leaves = 0
+        with self._lock:
+            channel = self._res.channel
+            self._carry(self._session.disconnect(time.monotonic()))
+            self._res.channel = None
+            opening, self._opening = self._opening, None
+            self._cancel_timer()
+            for reply in self._replies.values():
+                reply.resolve(None, ConnectionClosedError("the client disconnected"))
+            self._replies.clear()
             self._changed.notify_all()
-        if transport is not None:
-            transport.close(timeout=min(timeout, 2.0))
-        deadline = time.monotonic() + timeout
-        self._scheduler.stop(max(0.0, deadline - time.monotonic()))
-        reconnector, self._reconnector = self._reconnector, None
-        if reconnector is not None and reconnector is not threading.current_thread():
-            reconnector.join(max(0.0, deadline - time.monotonic()))
-        read_loop().join_if_idle(max(0.0, deadline - time.monotonic()))
-        if was is not ConnectionState.DISCONNECTED:
-            self._emit("disconnect", "client disconnected")
+        if opening is not None and opening.channel is not None:
+            opening.channel.abort("the client disconnected", report=False)
+        if channel is not None:
+            channel.close(max(0.0, deadline - time.monotonic()))
+            channel.ended.wait(max(0.0, deadline - time.monotonic()))
+        connector, self._connector = self._connector, None
+        if connector is not None and connector is not threading.current_thread():
+            connector.join(max(0.0, deadline - time.monotonic()))
         self._dispatcher.stop(max(0.1, deadline - time.monotonic()))
+        shared_loop().join_if_idle(max(0.0, deadline - time.monotonic()))
         self._rest.close()
         self._disconnected.set()
 
@@ -402,30 +362,26 @@ class NoLag:
 
     def set_app(self, app: str) -> App:
         """A fluent context for an app: ``client.set_app("demo").set_room("general")``."""
-        from nolag.rooms import App
-
         return App(self, app)
 
     def set_room(self, room: str) -> Room:
         """The context of one room: its presence, its members and its events."""
-        from nolag.rooms import Room
-
         room = self._room_name(room)
         with self._lock:
             context = self._rooms.get(room)
             if context is None:
                 context = self._rooms[room] = Room(self, room)
+                self._room_events[room] = context._events
             return context
 
     def set_lobby(self, lobby: str) -> Lobby:
         """The context of one lobby: presence across its rooms, seen without joining them."""
-        from nolag.rooms import Lobby
-
         lobby = self._room_name(lobby, "lobby")
         with self._lock:
             context = self._lobbies.get(lobby)
             if context is None:
-                context = self._lobbies[lobby] = Lobby(self, lobby)
+                context = self._lobbies[lobby] = Lobby(_LobbyPort(self), lobby)
+                self._lobby_events[lobby] = context._events
             return context
 
     # ------------------------------------------------------------ presence
@@ -438,6 +394,7 @@ class NoLag:
         A connection holds presence in one room at a time: a new room replaces the old one.
         Bursts are coalesced (latest wins) to at most options.max_presence_rate frames a
         second. Called before connect() or while reconnecting, it is sent once connected.
+        Never blocks: the frame is queued for the loop thread.
         """
         self._check_fork()
         if self.options.observer:
@@ -445,11 +402,7 @@ class NoLag:
         plain, _ = protocol.validate_presence_data(data, self.options.max_presence_bytes)
         room = self._room_arg(room)
         with self._lock:
-            if room is None:
-                self._own_project = plain
-            else:
-                self._own_room = (room, plain)
-        self._flush()
+            self._carry(self._session.set_presence(plain, room, time.monotonic()))
 
     def clear_presence(self, room: Optional[str] = None) -> None:
         """Leave: withdraw this client's presence so that others see a presence:leave.
@@ -458,29 +411,20 @@ class NoLag:
         The protocol has no leave frame, so when presence was already sent the client
         reopens its connection without it (the broker then broadcasts the leave); lobby
         subscriptions and any presence kept are restored on the new connection at once.
+        Blocks at most options.connect_timeout seconds (the new connection's opening).
         """
         self._check_fork()
         with self._lock:
-            announced = False
-            if room is None or room == self.room:
-                announced |= self._sent_room is not None
-                self._own_room = None
-            if room is None:
-                announced |= self._sent_project is not None
-                self._own_project = None
-            cycle = announced and self.connected
+            cycle = self._session.clear_presence(room)
         if cycle:
-            self._cycle_connection()
+            self._reopen()
 
     def own_presence(self, room: Optional[str] = None) -> Optional[Mapping[str, Any]]:
         """The presence this client asked to show in `room` (default room or project), or None."""
         room = self._room_arg(room)
         with self._lock:
-            if room is None:
-                own = self._own_project
-            else:
-                own = self._own_room[1] if self._own_room and self._own_room[0] == room else None
-            return None if own is None else freeze(own)
+            own = self._session.own_presence(room)
+        return None if own is None else freeze(own)
 
     def get_all_presence(self, room: Optional[str] = None) -> Sequence[ActorPresence]:
         """Everyone in the local cache (one entry per actor and room), or one room's members.
@@ -489,7 +433,7 @@ class NoLag:
         """
         self._check_fork()
         with self._lock:
-            return self._store.snapshot(room) if room is not None else self._store.snapshot()
+            return self._session.snapshot(room)
 
     def get_presence(self, actor_id: str, room: Optional[str] = None) -> Optional[ActorPresence]:
         """One actor from the local cache (in `room`, or wherever it changed last), or None."""
@@ -497,13 +441,13 @@ class NoLag:
             raise TypeError(f"actor_id must be a str, not {type(actor_id).__name__}")
         self._check_fork()
         with self._lock:
-            return self._store.get(actor_id, room)
+            return self._session.store.get(actor_id, room)
 
     def presence_count(self, room: Optional[str] = None) -> int:
         """How many actors (not sockets) the cache holds, in `room` or everywhere."""
         self._check_fork()
         with self._lock:
-            return self._store.count(room)
+            return self._session.store.count(room)
 
     def wait_for_presence(
         self,
@@ -516,6 +460,7 @@ class NoLag:
         Raises PresenceTimeoutError after `timeout` seconds. Handy in scripts and tests:
         ``client.wait_for_presence("bob")`` or
         ``client.wait_for_presence(lambda a: a.presence.get("status") == "away")``.
+        The predicate runs on the calling thread, never under the client's lock.
         """
         match: Callable[[ActorPresence], bool]
         if isinstance(actor, str):
@@ -530,26 +475,30 @@ class NoLag:
             raise TypeError(f"actor must be an actor id or a predicate, not {type(actor).__name__}")
         timeout = self._timeout(timeout, 10.0, "timeout")
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                people = self._store.snapshot(room) if room is not None else self._store.snapshot()
-                for person in people:
-                    if match(person):
-                        return person
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PresenceTimeoutError(f"no matching presence within {timeout:.1f}s")
-                self._changed.wait(remaining)
+        while True:
+            with self._lock:
+                people = self._session.snapshot(room)
+                version = self._session.store.version
+            for person in people:
+                if match(person):
+                    return person
+            with self._changed:
+                while self._session.store.version == version:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise PresenceTimeoutError(f"no matching presence within {timeout:.1f}s")
+                    self._changed.wait(remaining)
 
     def fetch_presence(
         self, room: Optional[str] = None, timeout: Optional[float] = None
     ) -> list[ActorPresence]:
-        """Ask the server for the authoritative list (one entry per actor) and block for it.
+        """Ask the server for the authoritative list (one entry per actor) and block for it,
+        `timeout` seconds at most for the whole call (default: options.request_timeout).
 
         Uses the REST endpoint (GET /v1/presence); a server without one (HTTP 404) is asked
-        over the socket instead, with the same timeout. Rooms default to options.default_room.
-        Raises PresenceTimeoutError, AuthenticationError (401), ForbiddenError (403) or
-        RateLimitError (429, with retry_after).
+        over the socket instead, within the same deadline. Rooms default to
+        options.default_room. Raises PresenceTimeoutError, AuthenticationError (401),
+        ForbiddenError (403) or RateLimitError (429, with retry_after).
         """
         self._check_fork()
         room = self._room_arg(room)
@@ -563,539 +512,125 @@ class NoLag:
                 self._rest_available = False
             else:
                 self._rest_available = True
-                self._refresh_cache(room)
+                with self._lock:
+                    fx = Effects()
+                    self._session.refresh(room, fx)
+                    self._carry(fx)
                 return merge_entries(entries, room)
-        reply = self._request(
-            ("room", room),
-            protocol.encode_get_presence(room),
-            max(0.0, deadline - time.monotonic()),
-            f"presence list of room {room!r}",
-        )
+        reply = self._request(lambda fx: self._session.fetch(room, fx), deadline, timeout)
         assert isinstance(reply, protocol.PresenceList)
         return merge_entries(reply.entries, room)
 
-    # ------------------------------------------------------------ internals: connection
+    # ------------------------------------------------------------ the loop's side
 
-    def _open(self, timeout: float, reconnect: bool) -> tuple[Transport, protocol.AuthOk]:
-        """Connect and authenticate within `timeout`; close the socket on any failure."""
-        deadline = time.monotonic() + timeout
-        transport = Transport(self.options.url, timeout)
-        try:
-            transport.send(
-                protocol.encode_auth(self._token, self.options.protocol_version, reconnect)
-            )
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ConnectionError(
-                        f"no auth reply from {self.options.url} in {timeout:.1f}s"
-                    )
-                transport.set_timeout(remaining)
-                batch = transport.recv_batch()
-                for index, payload in enumerate(batch or ()):
-                    frame = protocol.decode_frame(payload)
-                    if isinstance(frame, protocol.AuthOk):
-                        transport.unread(batch[index + 1 :])  # type: ignore[index]
-                        transport.set_timeout(self._io_timeout)
-                        return transport, frame
-                    if isinstance(frame, protocol.AuthRefused):
-                        raise AuthenticationError(frame.error)
-                    if (
-                        isinstance(frame, protocol.ErrorFrame)
-                        and frame.error == "not_authenticated"
-                    ):
-                        raise AuthenticationError(frame.error)
-        except BaseException:
-            transport.close(timeout=1.0)  # a refused socket stays open on the broker: close it
-            raise
-
-    def _on_open(self, transport: Transport, auth: protocol.AuthOk, event: Optional[str]) -> None:
-        """Adopt a fresh authenticated connection: resync the cache, restore lobbies, flush.
-
-        `event` is the lifecycle event to emit (connect / reconnect), None for a silent swap.
-        """
-        with self._io_lock:
-            with self._lock:
-                if self._closing.is_set():  # disconnect() won the race with a reconnect
-                    transport.abort()
-                    return
-                self._transport = transport
-                self._actor_id = auth.actor_token_id
-                self._project_id = auth.project_id
-                self._actor_type = auth.actor_type
-                self._state = ConnectionState.CONNECTED
-                self._socket_room = None
-                self._room_confirmed = False
-                self._stale_room_leaves = 0
-                self._sent_room = self._sent_project = None
-                self._quiet_errors.clear()
-                self._bucket = self._make_bucket(auth)
-                frames: list[bytes] = []
-                if self.options.sync_on_join:
-                    self._pending.append(_Pending(("room", None), self._store.mark(), None))
-                    frames.append(protocol.encode_get_presence(None))
-                keep = self._own_room[0] if self._own_room else None
-                for stale in [r for r in self._store.rooms() if r is not None and r != keep]:
-                    self._emit_all(self._store.drop_room(stale))
-                for slug, lobby in self._lobbies.items():
-                    if lobby.subscribed:
-                        self._pending.append(_Pending(("lobby", slug), 0, None))
-                        frames.append(protocol.encode_lobby_subscribe(slug))
-                        self._pending.append(_Pending(("lobby", slug), 0, None))
-                        frames.append(protocol.encode_get_lobby_presence(slug))
-                if event is not None:
-                    self._emit(event)
-            for frame in frames:
-                self._send(transport, frame)
-        read_loop().add(transport, self._on_batch, self._on_lost)
-        self._flush()
-
-    def _make_bucket(self, auth: protocol.AuthOk) -> Optional[TokenBucket]:
-        """The presence send budget: our option, under the server's rate when it says one."""
-        rate = self.options.max_presence_rate
-        server = auth.rate_limit
-        if server is not None and server > 0:
-            # leave room for list requests and lobby frames, which count on the server too
-            rate = min(rate, server * 0.8) if rate is not None else server * 0.8
-        if rate is None:
-            return None
-        return TokenBucket(rate, max(1.0, rate / 2), time.monotonic())
-
-    def _cycle_connection(self) -> None:
-        """Replace the connection with a fresh one (the broker sends our leaves for the old)."""
-        try:
-            transport, auth = self._open(self.options.connect_timeout, reconnect=True)
-        except AuthenticationError as err:
-            self._emit("error", err)
-            old = self._transport
-            if old is not None:
-                old.abort()  # the reader reports the loss and stops on the refusal
-            return
-        except (ConnectionError, OSError) as err:
-            log.info("nolag: could not reopen the connection: %s", err)
-            old = self._transport
-            if old is not None:
-                old.abort()  # the reader reconnects with backoff, without the presence
-            return
-        with self._lock:
-            old = self._transport
-            self._fail_pending(ConnectionClosedError("the connection was reopened"))
-            self._emit_all(self._store.drop_room(self._socket_room))
-            if self._own_project is None:
-                self._emit_all(self._store.drop_room(None))
-        if self._closing.is_set():
-            transport.close(timeout=1.0)
-            return
-        self._on_open(transport, auth, None)
-        if old is not None:
-            old.close(timeout=1.0)
-
-    def _on_batch(self, transport: Transport, payloads: list[bytes]) -> None:
-        """Messages read from a socket (on the read loop's thread); stale sockets are ignored."""
-        if transport is self._transport:
-            self._handle_batch(payloads)
-
-    def _on_lost(self, transport: Transport, exc: ConnectionClosedError) -> None:
-        """A connection ended (on the read loop's thread, which must not block): unless we
-        closed it or replaced it, report the loss and reconnect on a thread of our own."""
-        if self._closing.is_set():
-            return
-        with self._lock:
-            if transport is not self._transport:
-                return  # replaced by a fresh connection (clear_presence), or already handled
-            self._transport = None
-            self._fail_pending(exc)
-            reconnect = self.options.reconnect
-            self._state = (
-                ConnectionState.RECONNECTING if reconnect else ConnectionState.DISCONNECTED
-            )
-            self._emit("disconnect", str(exc) or "connection lost")
-            if reconnect:
-                self._reconnector = threading.Thread(
-                    target=self._reconnect, name=f"nolag-reconnect-{self._number}", daemon=True
-                )
-                self._reconnector.start()
-        if not reconnect:
-            self._disconnected.set()
-
-    def _reconnect(self) -> None:
-        """After an unexpected loss: reconnect with backoff (full jitter) until it works,
-        the attempts run out, the token is refused or disconnect() is called."""
-        opts = self.options
-        for attempt in itertools.count(1):
-            if opts.reconnect_max_attempts is not None and attempt > opts.reconnect_max_attempts:
-                self._give_up(ConnectionError(f"gave up reconnecting after {attempt - 1} attempts"))
-                return
-            cap = min(
-                opts.reconnect_max_delay,
-                opts.reconnect_initial_delay * opts.reconnect_factor ** (attempt - 1),
-            )
-            delay = random.uniform(0, cap)  # full jitter
-            self._emit("reconnecting", attempt, delay)
-            if self._closing.wait(delay):
-                return
-            try:
-                transport, auth = self._open(opts.connect_timeout, reconnect=True)
-            except AuthenticationError as err:
-                self._give_up(err)
-                return
-            except (ConnectionError, OSError) as err:
-                log.info("nolag: reconnect attempt %d failed: %s", attempt, err)
-                continue
-            if self._closing.is_set():
-                transport.close(timeout=1.0)
-                return
-            self.stats.reconnects += 1
-            self._on_open(transport, auth, "reconnect")
-            return
-
-    def _give_up(self, error: NoLagError) -> None:
-        with self._lock:
-            self._state = ConnectionState.DISCONNECTED
-            self._emit("error", error)
-        self._disconnected.set()
-
-    def _heartbeat(self) -> None:
-        """Timer tick: heartbeat every interval; drop a connection silent for two intervals."""
-        transport = self._transport
-        if transport is None or not self.connected:
-            return
-        interval = self.options.heartbeat_interval
-        now = time.monotonic()
-        if now - transport.last_received > 2 * interval + min(5.0, interval / 2):
-            if transport.input_pending():
-                # the server did send; our reader is behind (a starved thread), not dead
-                transport.last_received = now
-            else:
-                log.warning("nolag: no frame from the server for %.1fs; reconnecting", 2 * interval)
-                transport.abort()
-                return
-        if now - self._last_heartbeat >= interval:
-            self._last_heartbeat = now
-            self._send(transport, protocol.HEARTBEAT)
-
-    # ------------------------------------------------------------ internals: own presence
-
-    def _flush(self) -> None:
-        """Send the own presence that differs from what this connection sent, within budget."""
-        with self._io_lock:
-            with self._lock:
-                transport = self._transport if self.connected else None
-                if transport is None:
-                    return
-                frames: list[bytes] = []
-                now = time.monotonic()
-                for slot in ("project", "room"):
-                    want: Any = self._own_project if slot == "project" else self._own_room
-                    sent: Any = self._sent_project if slot == "project" else self._sent_room
-                    if want is None or want == sent:
-                        continue
-                    if self._bucket is not None and not self._bucket.take(now):
-                        self._schedule_flush(self._bucket.wait_time(now))
-                        break
-                    self.stats.presence_sent += 1
-                    if slot == "project":
-                        self._sent_project = want
-                        frames.append(protocol.encode_presence(want, None))
-                        continue
-                    room, data = want
-                    self._sent_room = want
-                    frames.append(protocol.encode_presence(data, room))
-                    if self._enter_room(room):
-                        frames.append(protocol.encode_get_presence(room))
-            for frame in frames:
-                self._send(transport, frame)
-
-    def _schedule_flush(self, delay: float) -> None:
-        """Flush again once the budget allows (one timer at a time); lock held."""
-        self.stats.presence_coalesced += 1
-        if self._flush_timer is None or self._flush_timer.cancelled:
-            self._flush_timer = self._scheduler.call_later(delay, self._flush_from_timer)
-
-    def _flush_from_timer(self) -> None:
-        with self._lock:
-            self._flush_timer = None
-        self._flush()
-
-    def _enter_room(self, room: str) -> bool:
-        """Bookkeeping when our presence goes to `room` (lock held); True: sync its list."""
-        if room == self._socket_room:
-            return False
-        if self._socket_room is not None:
-            self._emit_all(self._store.drop_room(self._socket_room))
-            if self._room_confirmed:
-                self._stale_room_leaves += 1
-        self._socket_room = room
-        self._room_confirmed = False
-        if not self.options.sync_on_join:
-            return False
-        self._pending.append(_Pending(("room", room), self._store.mark(), None))
-        if self._bucket is not None:
-            self._bucket.spend(time.monotonic())
-        return True
-
-    # ------------------------------------------------------------ internals: frames
-
-    def _handle_batch(self, payloads: list[bytes]) -> None:
-        """Decode and apply frames in order; runs on the reader thread, never runs user code.
-
-        The whole batch is applied under one lock acquisition, and its events reach the
-        dispatcher as one item, queued before the lock is released so that no other
-        thread's events can overtake them.
-        """
-        self.stats.frames_received += len(payloads)
-        decode = protocol.decode_frames
-        presence_event = protocol.PresenceEvent
-        apply_event = self._apply_event
-        emitted = 0
+    def on_frames(self, channel: Channel, payloads: list[bytes], now: float) -> None:
+        """Frames read from a connection (on the loop thread; never blocks, no user code)."""
         with self._changed:
-            version = self._store.version
-            batch: list[Item] = []
-            self._batch = batch
-            self._now = time.monotonic()
-            listening = self._listening()
-            try:
-                for start in range(0, len(payloads), _DECODE_SLICE):
-                    for frame in decode(payloads[start : start + _DECODE_SLICE]):
-                        if type(frame) is presence_event:
-                            events = apply_event(frame)
-                            if events:
-                                emitted += len(events)
-                                if listening:
-                                    batch += events
-                        else:
-                            self._apply(frame)
-            finally:
-                self._batch = None
-                self.stats.events_emitted += emitted
-                self._dispatcher.emit_many(batch)
-            if self._store.version != version:
+            if channel is not self._res.channel:
+                opening = self._opening
+                if opening is not None and opening.channel is channel and payloads:
+                    opening.feed(payloads)
+                return
+            session = self._session
+            if not payloads:
+                session.received(now)
+                return
+            version = session.store.version
+            fx = session.receive(payloads, now, self._listening())
+            self._carry(fx)
+            if session.store.version != version:
                 self._changed.notify_all()
 
-    def _apply(self, frame: Union[protocol.ServerFrame, protocol.ProtocolError]) -> None:
-        """Route one decoded frame to its handler (lock held)."""
-        if isinstance(frame, protocol.PresenceEvent):
-            self._emit_all(self._apply_event(frame))
-        elif isinstance(frame, protocol.PresenceList):
-            self._apply_list(frame)
-        elif isinstance(frame, protocol.LobbyPresence):
-            self._apply_lobby_event(frame)
-        elif isinstance(frame, protocol.LobbySnapshot):
-            self._apply_lobby_snapshot(frame)
-        elif isinstance(frame, protocol.LobbyUnsubscribed):
-            pending = self._pop_pending(("unsubscribe", frame.lobby_id))
-            if pending is not None and pending.waiter is not None:
-                pending.waiter.resolve(frame)
-        elif isinstance(frame, protocol.ErrorFrame):
-            self._apply_error(frame)
-        elif isinstance(frame, protocol.ProtocolError):
-            self.stats.protocol_errors += 1
-            log.debug("nolag: ignored a bad frame: %s", frame.reason)
+    def on_lost(self, channel: Channel, error: ConnectionClosedError, now: float) -> None:
+        """A connection ended (on the loop thread, which must not block)."""
+        with self._changed:
+            opening = self._opening
+            if opening is not None and opening.channel is channel:
+                opening.reply.resolve(None, error)
+                return
+            if channel is not self._res.channel or self._closing.is_set():
+                return
+            self._res.channel = None
+            self._cancel_timer()
+            self._carry(self._session.lost(error, now))
+            self._changed.notify_all()
 
-    def _apply_event(self, event: protocol.PresenceEvent) -> Sequence[PublicEvent]:
-        """Apply a presence event to the cache (lock held); the public events, to emit."""
-        kind, actor, _, room, room_given, _, _ = event  # one unpack: the hot path
-        if not room_given:  # the real broker: the event belongs to our socket's room
-            if self._stale_room_leaves:
-                # still events of a room we switched away from, until our own leave from it
-                if kind == "leave" and actor == self._actor_id:
-                    self._stale_room_leaves -= 1
-                return ()
-            room = self._socket_room
-        if room is not None:
-            if room != self._socket_room:
-                return ()  # a room we are no longer in; its cache was dropped
-            if actor == self._actor_id and kind != "leave":
-                self._room_confirmed = True
-        return self._store.apply_event(event, room, self._now)
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer_at = None
+            self._res.timer = None
+            channel = self._res.channel
+            if channel is None:
+                return
+            now = time.monotonic()
+            fx = self._session.tick(now)
+            if fx.drop is not None and channel.transport.input_pending():
+                # bytes wait in the socket: the server is alive, the loop was only behind
+                # (a starved process, or this client's lock held for a while)
+                self._session.received(now)
+                fx = self._session.tick(now)
+            self._carry(fx)
 
-    def _apply_list(self, reply: protocol.PresenceList) -> None:
-        pending = self._pop_pending(("room", reply.room))
-        if pending is None:
+    # ------------------------------------------------------------ internals
+
+    def _carry(self, fx: Effects) -> None:
+        """Do what the session asked, without blocking (lock held, so order is kept)."""
+        session = self._session
+        channel = self._res.channel
+        if fx.frames and channel is not None:
+            session.stats.frames_sent += len(fx.frames)
+            channel.send(fx.frames)
+        events = fx.events
+        if events and not self._listening():  # a cache-only client: only the rare kinds
+            events = [item for item in events if type(item) is not PublicEvent]
+        if events:
+            self._dispatcher.emit_many(events)
+        for rid, result, error in fx.replies:
+            reply = self._replies.pop(rid, None)
+            if reply is not None:
+                reply.resolve(result, error)
+        if fx.drop is not None and channel is not None:
+            channel.abort(fx.drop)
+        if fx.ended:
+            self._cancel_timer()
+            if not self._closing.is_set():  # disconnect() sets it once its threads are gone
+                self._disconnected.set()
+            self._changed.notify_all()
+        if fx.reconnect_in is not None and threading.current_thread() is not self._connector:
+            self._connector = threading.Thread(
+                target=self._reconnect,
+                args=(fx.reconnect_in,),
+                name=f"nolag-connect-{self._number}",
+                daemon=True,
+            )
+            self._connector.start()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Keep one loop timer per client at the session's next deadline (lock held).
+
+        A deadline that moved later (new bytes pushed liveness back) keeps the earlier
+        timer; it fires, finds nothing due and re-arms: no timer churn per batch.
+        """
+        when = self._session.next_deadline()
+        if when is None:
+            self._cancel_timer()
             return
-        if pending.waiter is not None:
-            pending.waiter.resolve(reply)
-        if reply.room is None or reply.room == self._socket_room:
-            events = self._store.apply_list(reply, reply.room, pending.mark, time.monotonic())
-            self._emit_all(events)
-
-    def _lobby_for(self, lobby_id: str, room: Optional[str]) -> Optional[Lobby]:
-        """The subscribed lobby an event belongs to; the real broker names lobbies by an
-        internal id, not the slug we subscribed with, so learn that alias once."""
-        slug = self._lobby_alias.get(lobby_id, lobby_id)
-        lobby = self._lobbies.get(slug)
-        if lobby is not None:
-            return lobby if lobby.subscribed else None
-        candidates = [lb for lb in self._lobbies.values() if lb.subscribed]
-        if len(candidates) > 1 and room is not None:
-            candidates = [lb for lb in candidates if room in lb.known_rooms] or candidates
-        if len(candidates) == 1:
-            self._lobby_alias[lobby_id] = candidates[0].slug
-            return candidates[0]
-        return None
-
-    def _apply_lobby_event(self, event: protocol.LobbyPresence) -> None:
-        lobby = self._lobby_for(event.lobby_id, event.room)
-        if lobby is not None:
-            self._emit_to(lobby._events, lobby._store.apply_event(event))
-
-    def _apply_lobby_snapshot(self, snap: protocol.LobbySnapshot) -> None:
-        pending = self._pop_pending(("lobby", snap.lobby_id))
-        lobby = self._lobbies.get(snap.lobby_id)
-        if lobby is not None and lobby.subscribed:
-            lobby.known_rooms.update(snap.rooms)
-            self._emit_to(lobby._events, lobby._store.apply_snapshot(snap))
-        if pending is not None and pending.waiter is not None:
-            pending.waiter.resolve(snap)
-
-    def _apply_error(self, frame: protocol.ErrorFrame) -> None:
-        self.stats.server_errors += 1
-        error = _server_exception(frame)
-        target: Optional[tuple[str, Optional[str]]] = None
-        if frame.lobby_id is not None:
-            target = ("lobby", frame.lobby_id)
-        elif frame.room is not None:
-            target = ("room", frame.room)
-        if target is not None and self._quiet_errors[target] > 0:
-            # the reply to our own list request for a room whose refusal we already reported
-            self._quiet_errors[target] -= 1
-            self._pop_pending(target)
+        if self._timer_at is not None and self._timer_at <= when:
             return
-        refused = (
-            frame.error in _REFUSALS
-            and frame.room is not None
-            and frame.room == self._socket_room
-            and not self._room_confirmed
-        )
-        if refused:
-            assert frame.room is not None
-            self._refuse_room(frame.room)
-        else:
-            if frame.error == "rate_limit_exceeded" and frame.lobby_id is None:
-                self._presence_throttled()
-            pending = self._pop_pending(target) if target is not None else None
-            if pending is not None and pending.waiter is not None:
-                pending.waiter.fail(error)
-            elif pending is not None and pending.key[0] == "room":
-                self._resync_later(pending.key[1])
-            elif pending is not None and pending.key[0] == "lobby":
-                lobby = self._lobbies.get(pending.key[1] or "")
-                if lobby is not None and frame.error in _REFUSALS:
-                    lobby._forget()  # a re-subscription refused after a reconnect
-        log.info("nolag: server error: %s", error)
-        self._emit("error", error)
+        self._cancel_timer()
+        self._timer_at = when
+        self._res.timer = shared_loop().call_at(when, _tick, weakref.ref(self))
 
-    def _refuse_room(self, room: str) -> None:
-        """The server refused our presence in `room`: stop showing and re-sending it."""
-        if self._own_room is not None and self._own_room[0] == room:
-            self._own_room = None
-        self._sent_room = None
-        self._socket_room = None
-        if any(p.key == ("room", room) and p.waiter is None for p in self._pending):
-            self._quiet_errors[("room", room)] += 1  # its list request will be refused too
+    def _cancel_timer(self) -> None:
+        timer, self._res.timer = self._res.timer, None
+        self._timer_at = None
+        if timer is not None:
+            timer.cancel()
 
-    def _presence_throttled(self) -> None:
-        """The server dropped a frame over its rate: halve our budget, resend own presence."""
-        self._sent_room = self._sent_project = None
-        rate = self._bucket.rate / 2 if self._bucket is not None else 5.0
-        self._bucket = TokenBucket(max(0.5, rate), 1.0, time.monotonic())
-        self._schedule_flush(1.0 / self._bucket.rate)
-
-    def _resync_later(self, room: Optional[str]) -> None:
-        """Our list request was refused over the rate: ask again a moment later."""
-        self._scheduler.call_later(1.0, self._refresh_cache, room)
-
-    def _pop_pending(self, key: tuple[str, Optional[str]]) -> Optional[_Pending]:
-        for pending in self._pending:
-            if pending.key == key:
-                self._pending.remove(pending)
-                return pending
-        return None
-
-    def _fail_pending(self, error: BaseException) -> None:
-        while self._pending:
-            pending = self._pending.popleft()
-            if pending.waiter is not None:
-                pending.waiter.fail(error)
-
-    # ------------------------------------------------------------ internals: requests
-
-    def _refresh_cache(self, room: Optional[str]) -> None:
-        """After a REST fetch, reconcile the cache from an ordered socket list (never from HTTP)."""
-        with self._io_lock:
-            with self._lock:
-                if not self.connected or self._transport is None:
-                    return
-                if room is not None and room != self._socket_room:
-                    return
-                transport = self._transport
-                self._pending.append(_Pending(("room", room), self._store.mark(), None))
-            self._send(transport, protocol.encode_get_presence(room))
-
-    def _request(
-        self,
-        key: tuple[str, Optional[str]],
-        frame: bytes,
-        timeout: float,
-        what: str,
-        before: Optional[Callable[[], None]] = None,
-    ) -> Any:
-        """Send one request on the socket and block for its ordered reply (or error)."""
-        waiter = Waiter()
-        with self._io_lock:
-            with self._lock:
-                transport = self._transport if self.connected else None
-                if transport is None:
-                    raise NotConnectedError(f"the {what} needs a connection: call connect() first")
-                if before is not None:
-                    before()
-                pending = _Pending(key, self._store.mark(), waiter)
-                self._pending.append(pending)
-            self._send(transport, frame)
-        if not waiter.wait(timeout):
-            with self._lock:
-                if pending in self._pending:
-                    self._pending.remove(pending)
-            raise PresenceTimeoutError(f"no answer for the {what} within {timeout:.1f}s")
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
-
-    def _send(self, transport: Transport, payload: bytes) -> None:
-        try:
-            transport.send(payload)
-        except ConnectionClosedError:
-            # the reader sees the loss too and reconnects; own presence is re-sent then
-            log.debug("nolag: send on a closed connection dropped (%d bytes)", len(payload))
-            return
-        self.stats.frames_sent += 1
-
-    def _send_now(self, frame: bytes) -> bool:
-        """Send a frame if connected (lobby unsubscribe and the like); False if not."""
-        with self._io_lock:
-            transport = self._transport if self.connected else None
-            if transport is None:
-                return False
-            self._send(transport, frame)
-            return True
-
-    # ------------------------------------------------------------ internals: helpers
-
-    def _emit(self, event: str, *args: Any) -> None:
-        self._queue_event(self._events, event, args)
-
-    def _emit_all(self, events: Sequence[PublicEvent]) -> None:
-        """Hand the cache's events to the dispatcher (client handlers, then the room's)."""
-        if not events:
-            return
-        self.stats.events_emitted += len(events)
-        if not self._listening():
-            return
-        batch = self._batch
-        if batch is not None:
-            batch += events
-        else:
-            self._dispatcher.emit_many(list(events))
+    def _schedule(self, delay: float, fn: Callable[[], None]) -> Callable[[], None]:
+        """Run fn after `delay` seconds on the loop thread; returns its cancel function."""
+        return shared_loop().call_later(delay, fn).cancel
 
     def _listening(self) -> bool:
         """Whether a presence handler is registered on the client or one of its rooms
@@ -1103,22 +638,133 @@ class NoLag:
         handlers = self._events._handlers
         if any(handlers.get(name) for name in PRESENCE_EVENTS):
             return True
-        return any(context._events._handlers for context in self._rooms.values())
+        return any(registry._handlers for registry in self._room_events.values())
 
-    def _emit_to(self, registry: Registry, events: Sequence[PublicEvent]) -> None:
-        for event in events:
-            self.stats.events_emitted += 1
-            self._queue_event(registry, event.name, (event.actor,))
+    def _open(self, deadline: float, auth: bytes) -> _Opening:
+        """Open and authenticate a connection by `deadline`; not yet adopted.
 
-    def _queue_event(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
-        """Hand an event to the dispatcher, or to the batch the reader is applying."""
-        if not registry.handlers(event):
-            return
-        batch = self._batch
-        if batch is not None:
-            batch.append((registry, event, args))
+        Raises nolag.ConnectionError or AuthenticationError; nothing is left open then.
+        """
+        opts = self.options
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ConnectionError(f"no time left to connect to {opts.url}")
+        transport = open_websocket(opts.url, remaining, self._schedule, opts.max_message_bytes)
+        opening = _Opening()
+        with self._lock:
+            self._opening = opening
+        channel = shared_loop().add(transport, self, write_timeout=opts.send_timeout)
+        opening.channel = channel
+        channel.send([auth])
+        error: Optional[BaseException]
+        if not opening.reply.wait(deadline - time.monotonic()):
+            error = ConnectionError(f"no auth reply from {opts.url} within {remaining:.1f}s")
         else:
-            self._dispatcher.emit(registry, event, *args)
+            error = opening.reply.error
+        if error is not None or self._closing.is_set():
+            with self._lock:
+                if self._opening is opening:
+                    self._opening = None
+            channel.close(1.0)  # a refused socket stays open on the broker: close it
+            raise error or ConnectionClosedError("the client disconnected")
+        return opening
+
+    def _adopt(self, opening: _Opening, silent: bool) -> None:
+        """Make an authenticated connection the client's, and apply what came after the auth."""
+        auth = opening.reply.result
+        assert isinstance(auth, protocol.AuthOk) and opening.channel is not None
+        old: Optional[Channel] = None
+        with self._changed:
+            if self._opening is opening:
+                self._opening = None
+            if self._closing.is_set():
+                opening.channel.close(1.0)  # disconnect() won the race
+                return
+            now = time.monotonic()
+            if silent:
+                old = self._res.channel
+                self._carry(self._session.reopened(now))
+            self._res.channel = opening.channel
+            self._carry(self._session.opened(auth, now, silent=silent))
+            if opening.leftover:
+                self._carry(self._session.receive(opening.leftover, now, self._listening()))
+            self._changed.notify_all()
+        if old is not None:
+            old.close(1.0)
+
+    def _reconnect(self, delay: float) -> None:
+        """After an unexpected loss: wait, try, back off, until it works or the session ends."""
+        while not self._closing.wait(delay):
+            with self._lock:
+                if not self._session.can("retry"):
+                    return
+                auth = self._session.retry()
+            try:
+                opening = self._open(time.monotonic() + self.options.connect_timeout, auth)
+            except (NoLagError, OSError) as exc:
+                with self._lock:
+                    fx = self._session.open_failed(exc, time.monotonic())
+                    self._carry(fx)
+                if fx.reconnect_in is None:
+                    return
+                delay = fx.reconnect_in
+                continue
+            self._adopt(opening, silent=False)
+            return
+
+    def _reopen(self) -> None:
+        """Replace the connection with a fresh one (the broker sends our leaves for the old)."""
+        with self._lock:
+            auth = protocol.encode_auth(self._token, self.options.protocol_version, True)
+            old = self._res.channel
+        try:
+            opening = self._open(time.monotonic() + self.options.connect_timeout, auth)
+        except AuthenticationError as err:
+            with self._lock:
+                self._dispatcher.emit_many([Lifecycle("error", (err,))])
+            if old is not None:
+                old.abort("the token was refused on a reopen")  # the loss ends the session
+            return
+        except (NoLagError, OSError) as err:
+            log.info("nolag: could not reopen the connection: %s", err)
+            if old is not None:
+                old.abort(f"could not reopen: {err}")  # reconnects without the presence
+            return
+        self._adopt(opening, silent=True)
+
+    def _request(self, send: Callable[[Effects], int], deadline: float, timeout: float) -> Any:
+        """Send one request on the socket and block for its ordered reply, by `deadline`."""
+        reply = _Reply()
+        with self._lock:
+            fx = Effects()
+            rid = send(fx)
+            self._replies[rid] = reply
+            self._carry(fx)
+        if not reply.wait(deadline - time.monotonic()):
+            with self._lock:
+                self._replies.pop(rid, None)
+                self._session.abandon(rid)
+            raise PresenceTimeoutError(f"no answer from the server within {timeout:.1f}s")
+        if reply.error is not None:
+            raise reply.error
+        return reply.result
+
+    # ------------------------------------------------------------ lobbies (the port)
+
+    def _lobby_call(
+        self, slug: str, send: Callable[[Effects], Optional[int]], timeout: Optional[float]
+    ) -> Any:
+        timeout = self._timeout(timeout, self.options.request_timeout, "timeout")
+        deadline = time.monotonic() + timeout
+
+        def sender(fx: Effects) -> int:
+            rid = send(fx)
+            assert rid is not None
+            return rid
+
+        return self._request(sender, deadline, timeout)
+
+    # ------------------------------------------------------------ helpers
 
     def _room_arg(self, room: Optional[str]) -> Optional[str]:
         if room is None:
@@ -1162,21 +808,77 @@ class NoLag:
         """Runs in a forked child: drop every resource shared with the parent, write nothing.
 
         Locks may have been held by parent threads that do not exist here, so they are
-        replaced; the socket descriptor is closed without a byte sent; own presence,
-        handlers and lobby subscriptions are kept so that a reconnect restores them.
+        replaced; the loop (and the parent's socket in it) is the parent's, abandoned by
+        the child's first use of its own; own presence, handlers and lobby subscriptions
+        are kept so that a reconnect restores them.
         """
-        was_active = self._state is not ConnectionState.DISCONNECTED
-        if self._transport is not None:
-            self._transport.discard()
-        own_room, own_project = self._own_room, self._own_project
+        old = self._session
+        was_active = old.state.public is not ConnectionState.DISCONNECTED
+        self._finalizer.detach()
         self._events = self._events.copy()
-        for context in self._rooms.values():
+        for slug, context in self._rooms.items():
             context._events = context._events.copy()
-        for lobby in self._lobbies.values():
+            self._room_events[slug] = context._events
+        for slug, lobby in self._lobbies.items():
             lobby._after_fork()
+            self._lobby_events[slug] = lobby._events
         self._setup()
-        self._own_room, self._own_project = own_room, own_project
+        self._session.own_room, self._session.own_project = old.own_room, old.own_project
+        for state in old.lobbies.subscribed():
+            self._session.lobbies.get(state.slug).subscribed = True
         self._fork_pending = was_active
+
+
+class _LobbyPort:
+    """The client as its lobby contexts see it (nolag.lobby.LobbyPort)."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: NoLag) -> None:
+        self._client = client
+
+    def lobby_subscribe(self, slug: str, timeout: Optional[float]) -> None:
+        client = self._client
+        session = client._session
+        try:
+            client._lobby_call(slug, lambda fx: session.lobby_subscribe(slug, fx), timeout)
+            client._lobby_call(slug, lambda fx: session.lobby_fetch(slug, fx), timeout)
+        except BaseException:
+            with client._lock:
+                session.lobbies.get(slug).forget()
+            raise
+
+    def lobby_fetch(self, slug: str, timeout: Optional[float]) -> protocol.LobbySnapshot:
+        client = self._client
+        session = client._session
+        reply = client._lobby_call(slug, lambda fx: session.lobby_fetch(slug, fx), timeout)
+        assert isinstance(reply, protocol.LobbySnapshot)
+        return reply
+
+    def lobby_unsubscribe(self, slug: str, timeout: Optional[float]) -> None:
+        client = self._client
+        session = client._session
+        timeout = client._timeout(timeout, client.options.request_timeout, "timeout")
+        deadline = time.monotonic() + timeout
+        with client._lock:
+            fx = Effects()
+            rid = session.lobby_unsubscribe(slug, fx)
+            if rid is None:
+                client._carry(fx)
+                return
+            reply = _Reply()
+            client._replies[rid] = reply
+            client._carry(fx)
+        # nothing depends on the server's confirmation, so a late one is no error
+        if not reply.wait(deadline - time.monotonic()):
+            with client._lock:
+                client._replies.pop(rid, None)
+                session.abandon(rid)
+
+    def lobby_read(self, slug: str, read: Callable[[LobbyState], T]) -> T:
+        client = self._client
+        with client._lock:
+            return read(client._session.lobbies.get(slug))
 
 
 _live_clients: weakref.WeakSet[NoLag] = weakref.WeakSet()

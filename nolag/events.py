@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Optional, Protocol, TypeVar, Union, overload
+from typing import Any, NamedTuple, Optional, TypeVar, Union, overload
 
 from .presence import PublicEvent
 
@@ -23,6 +23,8 @@ __all__ = [
     "Dispatcher",
     "Handler",
     "Item",
+    "Lifecycle",
+    "LobbyEvent",
     "Registry",
 ]
 
@@ -48,9 +50,24 @@ PRESENCE_EVENTS = frozenset({"presence:join", "presence:update", "presence:leave
 
 _STOP = object()
 
-#: what the dispatcher runs: an event of a registry with its handlers' arguments, or an
-#: event of the client's cache (its client's handlers, then its room context's, get it)
-Item = Union[tuple["Registry", str, tuple[Any, ...]], PublicEvent]
+
+class Lifecycle(NamedTuple):
+    """A client event: connect, disconnect, reconnecting, reconnect or error, with its args."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+class LobbyEvent(NamedTuple):
+    """A lobby cache's public event, for the handlers of the lobby context `slug`."""
+
+    slug: str
+    event: PublicEvent
+
+
+#: what the dispatcher runs: cache events (client, then room handlers), lobby events and
+#: lifecycle events
+Item = Union[PublicEvent, LobbyEvent, Lifecycle]
 
 
 class Registry:
@@ -116,25 +133,28 @@ class Registry:
             raise ValueError(f"unknown event {event!r}; known events: {known}")
 
 
-class _Context(Protocol):
-    """A room context: its own registry of presence handlers."""
-
-    _events: Registry
-
-
 class Dispatcher:
     """Runs the handlers of queued events on one named daemon thread, in queue order.
 
-    `registry` is the client's: it gets the cache's events and every handler's exception.
-    `rooms` maps a room name to its context, whose handlers get that room's cache events
-    after the client's. A handler that raises is logged (logger ``nolag``) and the
-    exception is passed to the `error` handlers of `registry`; the other handlers still run.
+    It runs what `nolag.session` hands it: a `PublicEvent` of the client's cache goes to
+    the client's handlers, then to those of the room's context (its registry in `rooms`);
+    a `LobbyEvent` to the handlers of the lobby context (its registry in `lobbies`); a
+    `Lifecycle` event to the client's. A handler that raises is logged (logger
+    ``nolag``) and the exception is passed to the client's `error` handlers; the other
+    handlers still run.
     """
 
-    def __init__(self, thread_name: str, registry: Registry, rooms: Mapping[str, _Context]) -> None:
+    def __init__(
+        self,
+        thread_name: str,
+        registry: Registry,
+        rooms: Mapping[str, Registry],
+        lobbies: Mapping[str, Registry],
+    ) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._registry = registry
         self._rooms = rooms
+        self._lobbies = lobbies
         self._thread_name = thread_name
         self._thread: Optional[threading.Thread] = None
         self.handler_errors = 0
@@ -145,11 +165,6 @@ class Dispatcher:
             return
         self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         self._thread.start()
-
-    def emit(self, registry: Registry, event: str, *args: Any) -> None:
-        """Queue an event of `registry`; its handlers run later on the dispatcher thread."""
-        if registry.handlers(event):
-            self._queue.put((registry, event, args))
 
     def emit_many(self, items: list[Item]) -> None:
         """Queue several events at once (one wake-up of the dispatcher for a whole batch)."""
@@ -181,14 +196,10 @@ class Dispatcher:
             item = self._queue.get()
             if item is _STOP:
                 return
-            if type(item) is list:
-                self._run_batch(item)
-            else:
-                registry, event, args = item
-                self._call(registry, event, args)
+            self._run_batch(item)
 
     def _run_batch(self, items: list[Item]) -> None:
-        """A batch from the reader, in order; for the cache's events the client's handlers
+        """A batch of session items, in order; for the cache's events the client's handlers
         are called inline (the hot path)."""
         client = self._registry
         handlers = client._handlers
@@ -202,12 +213,15 @@ class Dispatcher:
                     except Exception as exc:
                         self._failed(client, name, exc)
                 if room is not None and rooms:
-                    context = rooms.get(room)
-                    if context is not None:
-                        self._call(context._events, name, (actor,))
-            else:  # a lifecycle or lobby event (rare): no need to inline
-                registry, event, args = item  # type: ignore[misc]  # not a PublicEvent
-                self._call(registry, event, args)
+                    registry = rooms.get(room)
+                    if registry is not None:
+                        self._call(registry, name, (actor,))
+            elif type(item) is LobbyEvent:
+                lobby = self._lobbies.get(item.slug)
+                if lobby is not None:
+                    self._call(lobby, item.event.name, (item.event.actor,))
+            elif type(item) is Lifecycle:
+                self._call(client, item.name, item.args)
 
     def _call(self, registry: Registry, event: str, args: tuple[Any, ...]) -> None:
         for handler in registry._handlers.get(event, ()):

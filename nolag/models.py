@@ -155,6 +155,26 @@ class ActorPresence(_PresenceFields):
         }
 
 
+def actor_presence(
+    *,
+    actor_token_id: str,
+    presence: FrozenDict,
+    actor_type: Optional[str],
+    joined_at: Optional[float],
+    room: Optional[str],
+    connections: int,
+) -> ActorPresence:
+    """An ActorPresence from data that is already deeply frozen, built by field name.
+
+    The cache's one factory (it makes one per presence event): it skips the
+    constructor's freezing, and naming every field keeps a new field from silently
+    shifting the others (a test holds these names equal to `ActorPresence._fields`).
+    """
+    return tuple.__new__(
+        ActorPresence, (actor_token_id, presence, actor_type, joined_at, room, connections)
+    )
+
+
 class ConnectionState(str, enum.Enum):
     """Where the client's connection stands."""
 
@@ -233,6 +253,15 @@ class NoLagOptions:
     reconnect_initial_delay: float = attrs.field(default=0.5, validator=_positive)
     reconnect_max_delay: float = attrs.field(default=30.0, validator=_positive)
     reconnect_factor: float = attrs.field(default=2.0, validator=_positive)
+    #: seconds the connection may make no progress writing (the server reads nothing)
+    #: before it is considered dead and replaced; other clients are never held up by it
+    send_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: the largest message accepted from the server, in bytes (the real broker sends none
+    #: over 1 MiB); a room's list over it is reported once and no longer synced over the socket
+    max_message_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    #: seconds between lobby re-subscriptions, which keep the real broker from forgetting
+    #: a lobby's rooms (it does ~300 s after the last subscribe); None: never
+    lobby_refresh_interval: Optional[float] = attrs.field(default=240.0, validator=_positive)
     #: None retries for ever
     reconnect_max_attempts: Optional[int] = attrs.field(default=None, validator=_opt_count)
     #: in a forked child (gunicorn --preload, multiprocessing): "reconnect" on first use,

@@ -63,18 +63,22 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Optional
 
-from .models import ActorPresence, FrozenDict, freeze
-from .protocol import LobbyPresence, LobbySnapshot, PresenceEntry, PresenceEvent, PresenceList
+from .models import ActorPresence, FrozenDict, actor_presence, freeze
+from .protocol import PresenceEntry, PresenceEvent, PresenceList
 
 __all__ = [
     "JOIN",
     "LEAVE",
     "UPDATE",
-    "LobbyStore",
     "PresenceStore",
     "PublicEvent",
+    "frozen_data",
+    "public_event",
     "same_data",
 ]
+
+#: a NamedTuple without its Python-level __new__ (used by the factories only)
+_new = tuple.__new__
 
 JOIN = "presence:join"
 UPDATE = "presence:update"
@@ -100,7 +104,14 @@ class PublicEvent(NamedTuple):
     previous: Optional[ActorPresence] = None
 
 
-def _data(value: Any) -> FrozenDict:
+def public_event(
+    *, name: str, actor: ActorPresence, room: Optional[str], previous: Optional[ActorPresence]
+) -> PublicEvent:
+    """A PublicEvent built by field name: the store's one factory (hot path, no checks)."""
+    return _new(PublicEvent, (name, actor, room, previous))
+
+
+def frozen_data(value: Any) -> FrozenDict:
     """Presence data as the cache keeps it: a deep-frozen mapping; non-mappings become {}."""
     kind = type(value)
     if kind is FrozenDict:
@@ -112,9 +123,6 @@ def _data(value: Any) -> FrozenDict:
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})  # != is strict difference for these
-# PublicEvent and ActorPresence without their Python-level __new__ (the hot path; a view's
-# data is already frozen)
-_new = tuple.__new__
 
 
 def same_data(a: Any, b: Any) -> bool:
@@ -164,7 +172,7 @@ def _newest_entry(entries: Sequence[PresenceEntry]) -> PresenceEntry:
         key=lambda e: (
             e.update_seq if e.update_seq is not None else -math.inf,
             e.joined_at if e.joined_at is not None else -math.inf,
-            _canon(_data(e.presence)),
+            _canon(frozen_data(e.presence)),
         ),
     )
 
@@ -402,13 +410,28 @@ class PresenceStore:
             and same_data(old.presence, mem.data)
         ):
             return False
-        mem.view = _new(
-            ActorPresence, (mem.actor, mem.data, mem.actor_type, mem.joined_at, mem.room, count)
+        self._show(mem)
+        return True
+
+    def _show(self, mem: _Member) -> ActorPresence:
+        """Build the membership's new public view, mark it changed, invalidate the snapshots
+        and bump the version: the one place a visible change is recorded."""
+        room = mem.room
+        mem.view = view = actor_presence(
+            actor_token_id=mem.actor,
+            presence=mem.data,
+            actor_type=mem.actor_type,
+            joined_at=mem.joined_at,
+            room=room,
+            connections=len(mem.conns) + mem.anon,
         )
         self._tick += 1
         mem.changed = self._tick
-        self._invalidate(mem.room)
-        return True
+        self._snaps.pop(room, None)
+        self._all = None
+        self._distinct = None
+        self._version += 1
+        return view
 
     def _invalidate(self, room: Optional[str]) -> None:
         self._snaps.pop(room, None)
@@ -459,14 +482,10 @@ class PresenceStore:
             and before.actor_type == mem.actor_type
         ):
             return []
-        room = mem.room
-        mem.view = view = _new(
-            ActorPresence, (mem.actor, mem.data, mem.actor_type, mem.joined_at, room, count)
-        )
-        self._tick += 1
-        mem.changed = self._tick
-        self._invalidate(room)
-        return [] if same else [_new(PublicEvent, (UPDATE, view, room, before))]
+        view = self._show(mem)
+        if same:
+            return []
+        return [public_event(name=UPDATE, actor=view, room=mem.room, previous=before)]
 
     # ------------------------------------------------------------ events
 
@@ -491,7 +510,7 @@ class PresenceStore:
                 if type(value) not in _PLAIN:
                     plain = False
                     break
-        data = FrozenDict(presence) if plain else _data(presence)
+        data = FrozenDict(presence) if plain else frozen_data(presence)
         if self._gone:
             self._gone.pop((room, actor, cid), None)
         if mem is None:
@@ -503,13 +522,8 @@ class PresenceStore:
             if members is None:
                 members = self._rooms[room] = {}
             members[actor] = mem
-            mem.view = view = _new(ActorPresence, (actor, data, actor_type, None, room, 1))
-            self._tick += 1
-            mem.changed = self._tick
-            self._snaps.pop(room, None)  # _invalidate, inline
-            self._all = self._distinct = None
-            self._version += 1
-            return [_new(PublicEvent, (JOIN, view, room, None))]
+            view = self._show(mem)
+            return [public_event(name=JOIN, actor=view, room=room, previous=None)]
         before = mem.view
         assert before is not None
         if cid is None:
@@ -538,17 +552,8 @@ class PresenceStore:
         if plain and data != before.presence:
             # certainly different data (no float, so no NaN to equal itself): an update,
             # without the strict comparison of _changed_events
-            room = mem.room
-            count = len(mem.conns) + mem.anon
-            mem.view = view = _new(
-                ActorPresence, (actor, data, mem.actor_type, mem.joined_at, room, count)
-            )
-            self._tick += 1
-            mem.changed = self._tick
-            self._snaps.pop(room, None)  # _invalidate, inline
-            self._all = self._distinct = None
-            self._version += 1
-            return [_new(PublicEvent, (UPDATE, view, room, before))]
+            view = self._show(mem)
+            return [public_event(name=UPDATE, actor=view, room=mem.room, previous=before)]
         return self._changed_events(mem, before)
 
     def _leave(
@@ -587,7 +592,7 @@ class PresenceStore:
         if not mem.anon and not mem.conns:
             self._remove(mem)
             self._bury((room, actor, None), seq)
-            return [_new(PublicEvent, (LEAVE, before, room, None))]
+            return [public_event(name=LEAVE, actor=before, room=room, previous=None)]
         if mem.anon == 0 and mem.conns:
             mem.data = mem.newest_conn_data()
         return self._changed_events(mem, before)
@@ -659,7 +664,7 @@ class PresenceStore:
             if cid in conns or gone.get((room, actor, cid), _NEVER) > mark:
                 continue
             accepted.append(e)
-            data = _data(e.presence)
+            data = frozen_data(e.presence)
             old = old_conns.get(cid)
             if old is not None and same_data(old.data, data):
                 joined = e.joined_at if e.joined_at is not None else old.joined_at
@@ -693,7 +698,11 @@ class PresenceStore:
                         break
                     conn = old_conns[cid]
                     hit = next(
-                        (i for i, e in enumerate(pool) if same_data(_data(e.presence), conn.data)),
+                        (
+                            i
+                            for i, e in enumerate(pool)
+                            if same_data(frozen_data(e.presence), conn.data)
+                        ),
                         None,
                     )
                     if hit is None and want_match:
@@ -733,11 +742,11 @@ class PresenceStore:
         if anon == 0:
             data = max(conns.values(), key=lambda c: c.order).data
         elif cached is not None and (
-            newer_event or any(same_data(cached, _data(e.presence)) for e in accepted)
+            newer_event or any(same_data(cached, frozen_data(e.presence)) for e in accepted)
         ):
             data = cached  # a newer event's data, or one the list confirms: stay quiet
         elif accepted:
-            data = _data(_newest_entry(accepted).presence)
+            data = frozen_data(_newest_entry(accepted).presence)
         else:
             data = cached if cached is not None else _EMPTY
 
@@ -755,7 +764,7 @@ class PresenceStore:
         mem.expire()
         if anon > confirmed:
             mem.credits = anon - confirmed
-            mem.credit_data = tuple(_data(e.presence) for e in anon_entries)
+            mem.credit_data = tuple(frozen_data(e.presence) for e in anon_entries)
         if anon < expected:
             mem.debits = expected - anon
         mem.grace_until = now + self._grace
@@ -816,153 +825,4 @@ class PresenceStore:
             self._rooms = {}
             self._snaps.clear()
             self._invalidate(None)
-        return events
-
-
-# ---------------------------------------------------------------- lobbies
-
-
-class _LobbyMember:
-    __slots__ = ("count", "view")
-
-    def __init__(self, count: int, view: ActorPresence) -> None:
-        self.count = count
-        self.view = view
-
-
-class LobbyStore:
-    """One lobby's presence across its rooms: {room: {actor id: ActorPresence}}.
-
-    Events are counted per (room, actor) like room presence (a join per socket, an update
-    for an absent actor is a join, the actor leaves when its joins are matched by leaves),
-    quiet and idempotent. A snapshot (lobbySubscribed / lobbyPresenceList) has one entry
-    per actor, so it sets presence, not socket counts: listed actors are present (count at
-    least one, data and joinedAt from the snapshot), unlisted ones leave. An empty
-    `lobbySubscribed` snapshot is not trusted (Kraken sends one although members are
-    present) and removes nobody; follow it with getLobbyPresence.
-    """
-
-    def __init__(self) -> None:
-        self._rooms: dict[str, dict[str, _LobbyMember]] = {}
-        self._version = 0
-        self._snap: Optional[Mapping[str, Mapping[str, ActorPresence]]] = None
-
-    @property
-    def version(self) -> int:
-        """A counter that increases on every visible change."""
-        return self._version
-
-    def snapshot(self) -> Mapping[str, Mapping[str, ActorPresence]]:
-        """{room: {actor id: ActorPresence}}, read-only and cached until the next change."""
-        if self._snap is None:
-            self._snap = FrozenDict(
-                {
-                    room: FrozenDict({a: m.view for a, m in members.items()})
-                    for room, members in self._rooms.items()
-                }
-            )
-        return self._snap
-
-    def get(self, actor_id: str, room: Optional[str] = None) -> Optional[ActorPresence]:
-        """The actor in `room`, or without a room in the first room it is present in."""
-        for key, members in self._rooms.items():
-            if room is None or key == room:
-                mem = members.get(actor_id)
-                if mem is not None:
-                    return mem.view
-        return None
-
-    def rooms(self) -> tuple[str, ...]:
-        """Rooms of the lobby with at least one member."""
-        return tuple(self._rooms)
-
-    def _touch(self) -> None:
-        self._snap = None
-        self._version += 1
-
-    def _set(
-        self, room: str, actor: str, count: int, data: FrozenDict, joined_at: Optional[float]
-    ) -> list[PublicEvent]:
-        members = self._rooms.setdefault(room, {})
-        mem = members.get(actor)
-        if mem is None:
-            view = ActorPresence(actor, data, None, joined_at, room, count)
-            members[actor] = _LobbyMember(count, view)
-            self._touch()
-            return [PublicEvent(JOIN, view, room)]
-        before = mem.view
-        if (
-            mem.count == count
-            and before.joined_at == joined_at
-            and same_data(before.presence, data)
-        ):
-            return []
-        mem.count = count
-        mem.view = ActorPresence(actor, data, before.actor_type, joined_at, room, count)
-        self._touch()
-        if same_data(before.presence, data):
-            return []
-        return [PublicEvent(UPDATE, mem.view, room, before)]
-
-    def _drop(self, room: str, actor: str) -> list[PublicEvent]:
-        members = self._rooms.get(room)
-        mem = members.pop(actor, None) if members else None
-        if mem is None:
-            return []
-        if not members:
-            del self._rooms[room]
-        self._touch()
-        return [PublicEvent(LEAVE, mem.view, room)]
-
-    def apply_event(self, ev: LobbyPresence) -> list[PublicEvent]:
-        """Apply one lobbyPresence event; return the public events (room set)."""
-        members = self._rooms.get(ev.room)
-        mem = members.get(ev.actor_token_id) if members else None
-        if ev.kind == "leave":
-            if mem is None:
-                return []
-            if mem.count > 1:
-                view = mem.view
-                return self._set(
-                    ev.room, view.actor_token_id, mem.count - 1, view.presence, view.joined_at
-                )
-            return self._drop(ev.room, ev.actor_token_id)
-        if ev.kind not in ("join", "update"):
-            return []
-        data = _data(ev.presence)
-        if mem is None:
-            return self._set(ev.room, ev.actor_token_id, 1, data, None)
-        count = mem.count + 1 if ev.kind == "join" else mem.count
-        return self._set(ev.room, ev.actor_token_id, count, data, mem.view.joined_at)
-
-    def apply_snapshot(self, snap: LobbySnapshot) -> list[PublicEvent]:
-        """Reconcile from a lobby snapshot; leave events first, then joins and updates."""
-        if snap.initial and not any(snap.rooms.values()):
-            return []
-        leaves: list[PublicEvent] = []
-        for room, members in list(self._rooms.items()):
-            listed = snap.rooms.get(room, {})
-            for actor in [a for a in members if a not in listed]:
-                leaves.extend(self._drop(room, actor))
-        others: list[PublicEvent] = []
-        for room, listed in snap.rooms.items():
-            for actor, entry in listed.items():
-                mem = self._rooms.get(room, {}).get(actor)
-                count = mem.count if mem is not None else 1
-                joined = entry.joined_at
-                if joined is None and mem is not None:
-                    joined = mem.view.joined_at
-                others.extend(self._set(room, actor, count, _data(entry.presence), joined))
-        return leaves + others
-
-    def reset(self) -> list[PublicEvent]:
-        """Forget the lobby (unsubscribed or disconnected), returning a leave per member."""
-        events = [
-            PublicEvent(LEAVE, m.view, room)
-            for room, members in self._rooms.items()
-            for m in members.values()
-        ]
-        if self._rooms:
-            self._rooms = {}
-            self._touch()
         return events

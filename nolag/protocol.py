@@ -41,6 +41,7 @@ __all__ = [
     "encode_lobby_subscribe",
     "encode_lobby_unsubscribe",
     "encode_presence",
+    "presence_event",
     "validate_presence_data",
 ]
 
@@ -94,6 +95,24 @@ class PresenceEvent(NamedTuple):
     room_given: bool = False
     connection_id: Optional[str] = None
     actor_type: Optional[str] = None
+
+
+def presence_event(
+    *,
+    kind: str,
+    actor_token_id: str,
+    presence: Any,
+    room: Optional[str],
+    room_given: bool,
+    connection_id: Optional[str],
+    actor_type: Optional[str],
+) -> PresenceEvent:
+    """A PresenceEvent built by field name: the decoder's one factory (hot path, no checks;
+    a test holds these names equal to `PresenceEvent._fields`)."""
+    return _new_tuple(
+        PresenceEvent,
+        (kind, actor_token_id, presence, room, room_given, connection_id, actor_type),
+    )
 
 
 @attrs.frozen(slots=True)
@@ -301,9 +320,14 @@ def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
     if len(data) > (1 if kind == "leave" else 2):  # more than actor_token_id (and presence)
         connection_id = _opt_str(_get(data, "connectionId", "connection_id")) or connection_id
         actor_type = _opt_str(_get(data, "actorType", "actor_type"))
-    presence = data.get("presence") if kind != "leave" else None
-    return _new_tuple(
-        PresenceEvent, (kind, actor, presence, room, room_given, connection_id, actor_type)
+    return presence_event(
+        kind=kind,
+        actor_token_id=actor,
+        presence=data.get("presence") if kind != "leave" else None,
+        room=room,
+        room_given=room_given,
+        connection_id=connection_id,
+        actor_type=actor_type,
     )
 
 
@@ -410,8 +434,7 @@ def decode_frames(payloads: Iterable[bytes]) -> list[Union[ServerFrame, Protocol
     out: list[Union[ServerFrame, ProtocolError]] = []
     append = out.append
     unpackb = _unpackb
-    new_tuple = _new_tuple
-    presence_event = PresenceEvent
+    event = presence_event
     for payload in payloads:
         if not payload:
             append(_HEARTBEAT)
@@ -434,8 +457,17 @@ def decode_frames(payloads: Iterable[bytes]) -> list[Union[ServerFrame, Protocol
                     else:
                         presence = _MISSING
                     if presence is not _MISSING and type(actor) is str and actor:
-                        fields = (kind, actor, presence, None, False, None, None)
-                        append(new_tuple(presence_event, fields))
+                        append(
+                            event(
+                                kind=kind,
+                                actor_token_id=actor,
+                                presence=presence,
+                                room=None,
+                                room_given=False,
+                                connection_id=None,
+                                actor_type=None,
+                            )
+                        )
                         continue
             except KeyError:
                 pass

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Optional, Union
 
-from nolag.timers import TimerHandle
+from nolag._io.loop import TimerHandle, shared_loop
 
 if TYPE_CHECKING:
     from nolag.client import NoLag
@@ -65,7 +65,7 @@ class TypingIndicator:
                 self._publish(True)
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._client._scheduler.call_later(self.idle, self._expire)
+            self._timer = shared_loop().call_later(self.idle, self._expire)
 
     def stop(self) -> None:
         """Show that typing stopped now (e.g. the message was sent). Idempotent."""

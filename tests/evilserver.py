@@ -70,6 +70,8 @@ class _Conn:
         self.lock = threading.Lock()  # one writer at a time
         self.closed = threading.Event()
         self.authed = threading.Event()
+        #: set: the server stops reading this socket (its receive buffer fills, then ours)
+        self.paused = threading.Event()
         self.thread: Optional[threading.Thread] = None
 
     def send(self, data: bytes) -> None:
@@ -85,9 +87,15 @@ class EvilServer:
         *,
         echo_heartbeats: bool = True,
         auth_reply: Optional[Callable[[int, dict[str, Any]], Optional[dict[str, Any]]]] = None,
+        drip: Optional[float] = None,
+        redirect_to: Optional[str] = None,
     ) -> None:
+        """`drip`: send the upgrade reply one byte every `drip` seconds; `redirect_to`:
+        answer the upgrade with a 302 to that URL instead."""
         self.number = next(_numbers)
         self.echo_heartbeats = echo_heartbeats
+        self.drip = drip
+        self.redirect_to = redirect_to
         self.auth_reply = auth_reply or (lambda conn, frame: AUTH_OK)
         self.received: list[tuple[int, int, bytes]] = []  # (connection, opcode, payload)
         self.conns: list[_Conn] = []
@@ -226,11 +234,25 @@ class EvilServer:
                 if name.strip().lower() == b"sec-websocket-key":
                     key = value.strip()
             accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-            conn.send(
+            if self.redirect_to is not None:
+                location = self.redirect_to.encode()
+                conn.send(b"HTTP/1.1 302 Found\r\nLocation: " + location + b"\r\n\r\n")
+                return
+            reply = (
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
             )
+            if self.drip is not None:
+                for i in range(len(reply)):
+                    if self._stopping.wait(self.drip):
+                        return
+                    conn.send(reply[i : i + 1])
+            else:
+                conn.send(reply)
             while not conn.closed.is_set() and not self._stopping.is_set():
+                if conn.paused.is_set():
+                    time.sleep(0.02)
+                    continue
                 for opcode, payload in self._parse(conn):
                     self._on_frame(conn, opcode, payload)
                 readable, _, _ = select.select([sock], [], [], 0.02)

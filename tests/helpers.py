@@ -90,11 +90,11 @@ def spawn_broker(port: int, tokens: str, *extra: str) -> subprocess.Popen[bytes]
 
 
 def nolag_threads() -> list[str]:
-    """Names of live client threads (nolag-reader/timer/dispatcher/reconnect)."""
+    """Names of live client threads (nolag-loop/dispatcher/connect)."""
     return [
         t.name
         for t in threading.enumerate()
-        if t.name.startswith(("nolag-reader", "nolag-timer", "nolag-dispatcher", "nolag-reconnect"))
+        if t.name.startswith(("nolag-loop", "nolag-dispatcher", "nolag-connect"))
     ]
 
 

@@ -333,10 +333,9 @@ def test_disconnect_leaves_no_thread_and_clears_the_cache(broker: EmbeddedBroker
         c.set_presence({"ok": True}, room="general")
     wait_until(lambda: len(clients[0].get_all_presence("general")) == 3)
     names = nolag_threads()
-    # one per client (callbacks), one reader and one timer thread for the whole process
-    assert len(names) == 5, names
-    assert len([n for n in names if n.startswith("nolag-reader-")]) == 1, names
-    assert len([n for n in names if n.startswith("nolag-timer-")]) == 1, names
+    # one per client (callbacks), one loop thread (sockets and timers) for the whole process
+    assert len(names) == 4, names
+    assert len([n for n in names if n.startswith("nolag-loop-")]) == 1, names
     for c in clients:
         c.disconnect()
     assert not nolag_threads()
@@ -352,7 +351,7 @@ def test_a_starved_reader_is_not_mistaken_for_a_dead_server(broker: EmbeddedBrok
     ):
         alice.set_presence({"a": 1}, room="general")
         wait_until(lambda: alice.get_presence("alice"))
-        with alice._lock:  # the reader cannot apply anything: it stops reading
+        with alice._lock:  # the loop cannot apply anything for alice: it stops reading
             for i in range(20):
                 bob.set_presence({"n": i}, room="general")
                 time.sleep(0.05)

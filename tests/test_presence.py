@@ -8,12 +8,12 @@ from typing import Any, Optional
 
 import pytest
 
+from nolag.lobby import LobbyStore
 from nolag.models import ActorPresence, FrozenDict
 from nolag.presence import (
     JOIN,
     LEAVE,
     UPDATE,
-    LobbyStore,
     PresenceStore,
     PublicEvent,
     same_data,

@@ -180,7 +180,7 @@ def evil() -> Iterator[EvilServer]:
 
 
 def _reader_thread() -> threading.Thread:
-    (reader,) = [t for t in threading.enumerate() if t.name.startswith("nolag-reader")]
+    (reader,) = [t for t in threading.enumerate() if t.name.startswith("nolag-loop")]
     return reader
 
 

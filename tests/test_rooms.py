@@ -173,7 +173,7 @@ def test_a_burst_of_set_presence_is_coalesced(broker: EmbeddedBroker) -> None:
                 timeout=10,
             )
         sent = alice.stats.presence_sent
-        rate = alice._bucket.rate if alice._bucket else 0.0
+        rate = alice._session.bucket.rate if alice._session.bucket else 0.0
         # the token allows 50 frames/s (80% of it is 40); max_presence_rate is lower: 20
         assert rate == pytest.approx(20.0)
         assert sent <= rate / 2 + rate * (elapsed + 1.0) + 2

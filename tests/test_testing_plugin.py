@@ -93,7 +93,7 @@ def test_my_app_sees_ann(nolag_broker, nolag_client):
 
 def test_clients_were_disconnected_at_teardown():
     names = [t.name for t in threading.enumerate()]
-    assert not [n for n in names if n.startswith(("nolag-reader", "nolag-dispatcher"))], names
+    assert not [n for n in names if n.startswith(("nolag-loop", "nolag-dispatcher"))], names
 """
 
 
@@ -113,4 +113,4 @@ def test_a_user_suite_uses_the_fixtures_through_the_entry_point(tmp_path: Path) 
 
 def test_fixture_teardown_leaves_no_client_threads(nolag_client: ClientFactory) -> None:
     nolag_client("dave")
-    assert any(t.name.startswith("nolag-reader") for t in threading.enumerate())
+    assert any(t.name.startswith("nolag-loop") for t in threading.enumerate())

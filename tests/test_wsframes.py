@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from websocket import _abnf
 
-from nolag.wsframes import (
+from nolag._io.wsframes import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

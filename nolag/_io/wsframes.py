@@ -148,8 +148,11 @@ class FrameReader:
 
     A binary message comes back as its bytes, a text message as a `Message`.
 
-    `max_message` bounds a message (all its fragments), so a hostile server cannot make
-    the client buffer without limit. After a violation or a close the reader is spent.
+    `max_message` bounds a message (all its fragments) in bytes and `max_fragments` in
+    frames, so a hostile server cannot make the client buffer without limit, neither with
+    a huge message nor with millions of empty continuation frames (each costs a list slot
+    and a bytes object although it carries nothing). After a violation or a close the
+    reader is spent.
     """
 
     __slots__ = (
@@ -158,16 +161,18 @@ class FrameReader:
         "_frag_size",
         "_fragments",
         "closed",
+        "max_fragments",
         "max_message",
         "only_binary",
     )
 
-    def __init__(self, max_message: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_message: int = 16 * 1024 * 1024, max_fragments: int = 1024) -> None:
         self._buf = b""
         self._fragments: list[bytes] = []
         self._frag_opcode = 0  # opcode of the message being reassembled, 0 when none
         self._frag_size = 0
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self.closed = False
         #: True when the last feed() returned binary messages (bytes) and nothing else
         self.only_binary = True
@@ -252,6 +257,10 @@ class FrameReader:
             elif opcode == OP_CONT:
                 if not self._frag_opcode:
                     raise WebSocketViolation("continuation frame without a message to continue")
+                if len(self._fragments) >= self.max_fragments:
+                    raise WebSocketViolation(
+                        f"message in over {self.max_fragments} fragments", CLOSE_TOO_BIG
+                    )
                 self._fragments.append(payload)
                 self._frag_size += length
                 if fin:
