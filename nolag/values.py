@@ -8,6 +8,8 @@ broker checks every received presence frame with the same function
 Presence data is a map of JSON-like values:
 
 - map keys are ``str``;
+- strings (keys and values) are valid UTF-8, which MessagePack requires: no lone
+  surrogates such as ``"\\ud800"``;
 - scalars are ``str``, ``bool``, ``None``, ``int`` from -2**63 to 2**64 - 1 (what
   MessagePack carries) and finite ``float`` (no NaN or infinity);
 - containers are mappings (sent as MessagePack maps) and lists or tuples (sent as
@@ -132,6 +134,19 @@ def _scalar_refusal(value: Any) -> _Refused:
     )
 
 
+def _text_refusal(text: str, what: str) -> _Refused | None:
+    """Why a str cannot go out as MessagePack str (UTF-8): a lone surrogate; else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return _Refused(
+            False,
+            f"{what} is not valid UTF-8 (a lone surrogate at index {exc.start}); "
+            "MessagePack strings are UTF-8",
+        )
+    return None
+
+
 def _int_refusal(value: int) -> _Refused:
     """Why an integer is refused (its digits are not shown: a huge int has too many)."""
     shown = str(value) if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
@@ -140,8 +155,13 @@ def _int_refusal(value: int) -> _Refused:
 
 def _copy(value: Any, level: int, ancestors: set[int], sort_keys: bool) -> Any:
     """A plain copy of one value at nesting `level` (containers), or raise _Refused."""
-    if isinstance(value, str) or value is None:
+    if value is None:
         return value
+    if isinstance(value, str):
+        refusal = None if value.isascii() else _text_refusal(value, "str")
+        if refusal is None:
+            return value
+        raise refusal
     if isinstance(value, int):  # bool included
         if INT_MIN <= value <= INT_MAX:
             return value
@@ -178,6 +198,9 @@ def _copy_map(
                 False,
                 f"key {bad!r:.60} is not a string ({type(bad).__name__}); keys must be strings",
             )  # raised before the loop below: the path names this map, not an item
+        refusal = None if bad.isascii() else _text_refusal(bad, f"key {bad!r:.60}")
+        if refusal is not None:
+            raise refusal
     if sort_keys:
         items.sort(key=lambda item: item[0])
     out: dict[str, Any] = {}
