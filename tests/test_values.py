@@ -6,7 +6,8 @@ and exactly when the broker's protocol logic (`BrokerCore`, fed the MessagePack 
 client would send) answers with presence rather than an error frame. Then, through a
 real local broker, the inputs that used to raise RecursionError in `set_presence`
 (cyclic and 5,000-level data) raise the documented TypeError/ValueError naming the path,
-and nothing is sent.
+and nothing is sent; and JSON text presence the broker could not broadcast (an int over
+64 bits, a lone surrogate) is refused with an error frame instead of closing the sender.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import msgpack
 import pytest
 from helpers import TOKENS, Recorder, connected, wait_until
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from rawclient import RawClient
 
 from nolag import protocol, values
 from nolag.broker import BrokerConfig, EmbeddedBroker, load_tokens
@@ -312,3 +314,34 @@ def test_data_at_the_depth_limit_goes_through_a_real_broker(broker: EmbeddedBrok
         alice.set_presence(data, room="general")
         wait_until(lambda: seen.of("alice"))
         assert seen.of("alice")[0] == ("presence:join", data)
+
+
+@pytest.mark.parametrize(
+    "data_json, hint",
+    [
+        ('{"n": 1180591620717411303424}', "['n']: integer 1180591620717411303424 does not fit"),
+        ('{"s": ["ok", "\\ud800"]}', "['s'][1]: str is not valid UTF-8"),
+        ('{"f": {"x": NaN}}', "['f']['x']: nan is not a finite number"),
+    ],
+    ids=["int over 64 bits", "lone surrogate", "NaN"],
+)
+def test_json_presence_the_broker_could_not_broadcast_is_refused_and_the_socket_stays(
+    connect: Callable[..., RawClient], data_json: str, hint: str
+) -> None:
+    # before the shared rules, the first two were accepted from a JSON text frame, then
+    # failed to encode for the room: the sender was closed with 1011, the room saw a leave
+    bob = connect(TOKENS["bob"])
+    bob.send({"type": "presence", "roomId": "general", "data": {"n": "bob"}})
+    bob.recv_type("presence")
+    bob.drain()
+    alice = connect(TOKENS["alice"])
+    alice.send_text(f'{{"type": "presence", "roomId": "general", "data": {data_json}}}')
+    reply = alice.recv()
+    assert reply["type"] == "error" and reply["error"] == "invalid_presence", reply
+    assert hint in reply["hint"], reply
+    alice.send_raw(b"")  # a heartbeat: the socket is still open and served
+    assert alice.recv(2) == b""
+    bob.send({"type": "getPresence", "roomId": "general"})
+    listed = bob.recv_type("presenceList")
+    assert [entry["actorTokenId"] for entry in listed["data"]] == ["bob"]
+    bob.expect_silence()  # no join, update or leave of alice reached the room
