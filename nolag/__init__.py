@@ -1,6 +1,13 @@
-"""nolag: a synchronous, thread-based Python SDK for NoLag realtime presence."""
+"""nolag: a synchronous, thread-based Python SDK for NoLag realtime presence.
+
+Every public name is imported here eagerly, so that ``from nolag import NoLag`` is
+fully typed for a user's type checker (a lazy module ``__getattr__`` made them
+``object``). Importing nolag therefore loads the client and its libraries
+(websocket-client, requests, msgpack, attrs).
+"""
 
 from nolag._version import __version__
+from nolag.client import ClientStats, NoLag
 from nolag.errors import (
     AuthenticationError,
     ConnectionClosedError,
@@ -12,7 +19,10 @@ from nolag.errors import (
     RateLimitError,
     ServerError,
 )
+from nolag.lobby import Lobby
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions
+from nolag.rooms import App, Room
+from nolag.typing_indicator import TypingIndicator
 
 __all__ = [
     "ActorPresence",
@@ -35,23 +45,3 @@ __all__ = [
     "TypingIndicator",
     "__version__",
 ]
-
-
-_LAZY = {
-    "NoLag": "nolag.client",
-    "ClientStats": "nolag.client",
-    "App": "nolag.rooms",
-    "Room": "nolag.rooms",
-    "Lobby": "nolag.lobby",
-    "TypingIndicator": "nolag.typing_indicator",
-}
-
-
-def __getattr__(name: str) -> object:
-    """Import the client lazily so `import nolag` stays cheap and cycle-free."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'nolag' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)

@@ -15,6 +15,8 @@ from typing import Any, NamedTuple, Optional, Union
 import attrs
 import msgpack
 
+from nolag import values
+
 __all__ = [
     "HEARTBEAT",
     "AuthOk",
@@ -535,50 +537,17 @@ def encode_get_lobby_presence(lobby: str) -> bytes:
 
 # ---------------------------------------------------------------- presence data validation
 
-_SCALARS = (str, int, float, bool, type(None))
-_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
-
-
-def _check_value(value: Any, path: str) -> Any:
-    """Return a plain copy of a JSON-like value, or raise TypeError naming `path`."""
-    if isinstance(value, _SCALARS):
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not _INT_MIN <= value <= _UINT_MAX:
-                raise TypeError(f"presence data {path}: integer {value} does not fit in 64 bits")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise TypeError(f"presence data {path}: {value!r} is not a finite number")
-        return value
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"presence data {path}: key {key!r} is a {type(key).__name__}, keys must be str"
-                )
-            out[key] = _check_value(item, f"{path}[{key!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_check_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            f"presence data {path}: bytes are not allowed (send text; a non-UTF-8 binary "
-            "crashes receivers on the real broker)"
-        )
-    raise TypeError(
-        f"presence data {path}: {type(value).__name__} is not JSON-like "
-        "(use str, int, float, bool, None, lists and str-keyed mappings)"
-    )
-
 
 def validate_presence_data(data: Any, max_bytes: int) -> tuple[dict[str, Any], bytes]:
     """Check presence data before anything is sent; return a plain copy and its encoding.
 
-    Raises TypeError naming the offending key for anything that is not JSON-like, and
-    ValueError naming the limit when the encoded data is larger than `max_bytes`.
+    The rules are `nolag.values`' (the local broker applies the same ones). Raises
+    TypeError naming the path (``presence data ['a'][0]: ...``) for anything that is not
+    JSON-like, ValueError naming the path for data nested deeper than
+    `nolag.values.MAX_DEPTH` levels or containing itself, and ValueError naming the limit
+    when the encoded data is larger than `max_bytes`.
     """
-    if not isinstance(data, Mapping):
-        raise TypeError(f"presence data must be a mapping, not {type(data).__name__}")
-    plain: dict[str, Any] = _check_value(data, "")
+    plain = values.check_presence_data(data)
     packed = _pack(plain)
     if len(packed) > max_bytes:
         raise ValueError(
