@@ -129,11 +129,12 @@ def test_management_command_lists_and_watches(nolag_settings: Any, broker: Embed
         assert "Alice" in out.getvalue() and "1 online in room 'general'" in out.getvalue()
         out = io.StringIO()
         call_command("nolag_presence", "list", "--json", "--room", "random", stdout=out)
-        assert json.loads(out.getvalue())["count"] == 0
+        assert json.loads(out.getvalue()) == {"roomId": "random", "actors": [], "count": 0}
         out = io.StringIO()
         call_command("nolag_presence", "watch", "--plain", "--duration", "0.5", stdout=out)
         assert "watching room 'general'" in out.getvalue()
-        assert "+ Alice joined" in out.getvalue()  # from the snapshot on entering the room
+        assert "+ Alice joined" in out.getvalue()  # from the room's list: the watcher is invisible
+        assert alice.get_presence("backend", "general") is None
 
 
 def test_management_command_errors_are_command_errors(
