@@ -113,6 +113,13 @@ def test_the_settings_check_reports_a_missing_token(
     settings.NOLAG = {"URL": "ws://127.0.0.1:9/ws"}
     [error] = check_settings()
     assert error.id == "nolag.E001" and "no TOKEN given" in error.msg
+    # what the README's settings give when the variable is unset or empty:
+    # "TOKEN": os.environ.get("NOLAG_TOKEN")
+    for unset in (None, ""):
+        settings.NOLAG = {"TOKEN": unset, "URL": "ws://127.0.0.1:9/ws"}
+        [error] = check_settings()
+        assert error.id == "nolag.E001"
+        assert error.msg == "settings.NOLAG: no TOKEN given and NOLAG_TOKEN is not set"
     settings.NOLAG = {"TOKEN": "t", "ROOMS": "typo"}
     [error] = check_settings()
     assert "unknown key(s) ROOMS" in error.msg

@@ -112,6 +112,33 @@ print(json.dumps({
 """
 
 
+def test_the_django_settings_without_nolag_token_fail_the_check_not_with_a_keyerror(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("django")
+    settings = python_files("Django")["settings.py"] + 'SECRET_KEY = "readme"\nDATABASES = {}\n'
+    (tmp_path / "readme_settings.py").write_text(settings)
+    driver = (
+        "import os, sys\nsys.path.insert(0, os.getcwd())\n"
+        'os.environ["DJANGO_SETTINGS_MODULE"] = "readme_settings"\n'
+        "import django\ndjango.setup()\n"
+        "from django.core.management import call_command\ncall_command('check')\n"
+    )
+    (tmp_path / "driver.py").write_text(driver)
+    result = subprocess.run(
+        [sys.executable, "driver.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,  # no NOLAG_TOKEN
+    )
+    assert result.returncode != 0
+    assert "KeyError" not in result.stderr
+    assert "SystemCheckError" in result.stderr
+    assert "(nolag.E001) settings.NOLAG: no TOKEN given and NOLAG_TOKEN is not set" in result.stderr
+
+
 def test_the_django_settings_view_and_template_work(broker: EmbeddedBroker, tmp_path: Path) -> None:
     pytest.importorskip("django")
     files = python_files("Django")
