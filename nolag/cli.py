@@ -10,14 +10,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, Optional, TextIO
-
-from nolag._version import __version__
 
 __all__ = ["main"]
 
@@ -31,6 +30,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _Version(argparse.Action):
+    """`--version`: the version, the file `import nolag` loads, and any clash (nolag.doctor).
+
+    Computed only when asked for, so that other commands never scan the installed
+    distributions.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from nolag.doctor import version_text
+
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(EXIT_OK)
 
 
 def _positive(text: str) -> float:
@@ -49,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         description="NoLag realtime presence from Python: a demo, a local broker, and tools.",
         epilog=EXIT_CODES,
     )
-    parser.add_argument("--version", action="version", version=f"nolag-sync {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="print the version and which installed files 'import nolag' loads, then exit",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _presence_parser(sub)
 
@@ -68,6 +88,16 @@ def _parser() -> argparse.ArgumentParser:
         "--plain", action="store_true", help="print events line by line instead of redrawing"
     )
 
+    sub.add_parser(
+        "doctor",
+        help="check which distribution 'import nolag' loads, and warn of a name clash",
+        description="Print where 'import nolag' is loaded from and every installed "
+        "distribution that provides the package 'nolag'. The official asyncio NoLag SDK "
+        "(distribution 'nolag') installs the same package name as nolag-sync: with both in one "
+        "environment, 'import nolag' may load either. Exit status 1 when another distribution "
+        "provides 'nolag', 0 otherwise.",
+        epilog="exit codes: 0 no clash, 1 another distribution provides 'nolag'",
+    )
     sub.add_parser(
         "broker",
         help="run the NoLag-compatible local broker (needs the 'broker' extra)",
@@ -89,6 +119,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "presence":
         return _presence(args)
+    if args.command == "doctor":
+        from nolag.doctor import print_report
+
+        return print_report(sys.stdout)
     if args.command == "demo":
         if not 1 <= args.actors <= 10:
             parser.error("--actors must be between 1 and 10")
@@ -160,11 +194,25 @@ def _presence_parser(sub: Any) -> None:
         parents=[common],
         help="show who is online as a live table that redraws in place",
         description="Show who is online (who, status, since when, typing) and keep the table "
-        "up to date as people join, change and leave. To receive a room's events the watcher "
-        "is present in the room itself, as --name with status 'watching'. Ctrl-C stops.",
+        "up to date as people join, change and leave. The watcher is invisible: it announces "
+        "no presence and, in a room, asks the server for the room's list every --interval "
+        "seconds. With --visible it is present in the room as --name with status 'watching' "
+        "and gets every change as it happens (others see it). Ctrl-C stops.",
         epilog=EXIT_CODES,
     )
-    watch.add_argument("--name", default="nolag-cli", help="the name the watcher announces")
+    watch.add_argument(
+        "--visible",
+        action="store_true",
+        help="be present in the room (as --name, status 'watching') to get events live",
+    )
+    watch.add_argument("--name", default="nolag-cli", help="the name a --visible watcher announces")
+    watch.add_argument(
+        "--interval",
+        type=_positive,
+        default=1.0,
+        metavar="S",
+        help="seconds between two asks for a room's list when invisible (default 1)",
+    )
     watch.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
     mode = watch.add_mutually_exclusive_group()
     mode.add_argument("--live", action="store_true", help="redraw in place (default on a terminal)")
@@ -229,6 +277,9 @@ def _presence(args: argparse.Namespace) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
+        if sys.stdout.isatty():  # end the line holding the terminal's "^C", for the prompt
+            sys.stdout.write("\n")
+            sys.stdout.flush()
         return EXIT_OK
 
 
@@ -251,7 +302,25 @@ def _connect(client: Any, args: argparse.Namespace) -> None:
     except AuthenticationError as exc:
         raise CommandFailed(f"token refused by {args.url} ({exc.reason})") from None
     except NoLagError as exc:
-        raise CommandFailed(f"cannot reach {args.url}: {exc}") from None
+        raise CommandFailed(connect_failure(args.url, exc)) from None
+
+
+def connect_failure(url: str, exc: BaseException) -> str:
+    """One line for a failed connect: what failed, where (once), and what to try.
+
+    The client's message may already name the URL ("cannot connect to URL: reason"); it is
+    not repeated. An OSError's "[Errno N] " prefix is dropped.
+    """
+    reason = str(exc) or type(exc).__name__
+    for prefix in (f"cannot connect to {url}: ", f"cannot reach {url}: "):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix) :]
+    reason = re.sub(r"^\[Errno -?\d+\] ", "", reason)
+    where = "" if url in reason else f" to {url}"
+    return (
+        f"cannot connect{where}: {reason}; check the URL (--url or NOLAG_URL) and that a "
+        f"NoLag server is running there"
+    )
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -279,7 +348,8 @@ def presence_list(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         client.disconnect()
     if args.json:
-        body = {"roomId": args.room, "count": len(people), "online": [p.to_dict() for p in people]}
+        # the keys of the REST answer (GET /v1/presence)
+        body = {"roomId": args.room, "actors": [p.to_dict() for p in people], "count": len(people)}
         out.write(json.dumps(body, indent=2) + "\n")  # one write: Django's stdout wrapper
     else:
         where = f"room {args.room!r}" if args.room else "the project"
@@ -318,12 +388,29 @@ def render_table(
 
 
 def presence_watch(args: argparse.Namespace, out: TextIO) -> int:
-    """`presence watch`: a live table (or a line per event) until args.duration or Ctrl-C."""
-    from nolag.errors import AuthenticationError, ConnectionError, ForbiddenError, ServerError
+    """`presence watch`: a live table (or a line per event) until args.duration or Ctrl-C.
 
+    Invisible by default: the watcher sets no presence. Project-level presence reaches
+    every connection of the project, so it is watched through events; a room's events
+    reach only its members, so an invisible watcher asks the server for the room's list
+    every ``args.interval`` seconds and reports the differences. ``args.visible`` makes the
+    watcher a member of the room (as ``args.name``, status ``watching``) instead.
+    """
+    from nolag.errors import (
+        AuthenticationError,
+        ConnectionError,
+        ForbiddenError,
+        NoLagError,
+        ServerError,
+    )
+
+    visible = bool(getattr(args, "visible", False))
+    interval = float(getattr(args, "interval", 1.0))
+    polling = bool(args.room) and not visible
     client = _client(args)
     live = args.live or (not args.plain and out.isatty())
     first_seen: dict[str, float] = {}
+    known: dict[str, Any] = {}  # polling: the last list, by actor id
     changed = threading.Event()
     fatal: list[BaseException] = []
     lock = threading.Lock()
@@ -334,56 +421,96 @@ def presence_watch(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"{time.strftime('%H:%M:%S')} {text}\n")
                 out.flush()
 
-    def others(actor: Any) -> bool:
-        return bool(actor.actor_token_id != client.actor_id)
+    def shown(actor: Any) -> bool:
+        # a visible watcher's own presence is not news; an invisible one has none, so an
+        # actor with the watcher's id is someone else's connection with the same token
+        return not visible or bool(actor.actor_token_id != client.actor_id)
 
     def joined(actor: Any) -> None:
         first_seen.setdefault(actor.actor_token_id, time.time())
-        if others(actor):
+        if shown(actor):
             line(f"+ {_name(actor)} joined {json.dumps(dict(actor.presence), sort_keys=True)}")
         changed.set()
 
     def updated(actor: Any) -> None:
-        if others(actor):
+        if shown(actor):
             line(f"~ {_name(actor)} updated {json.dumps(dict(actor.presence), sort_keys=True)}")
         changed.set()
 
     def left(actor: Any) -> None:
         first_seen.pop(actor.actor_token_id, None)
-        if others(actor):
+        if shown(actor):
             line(f"- {_name(actor)} left")
         changed.set()
 
-    def error(exc: BaseException) -> None:
-        if isinstance(exc, (AuthenticationError, ConnectionError, ForbiddenError)) or (
+    def is_fatal(exc: BaseException) -> bool:
+        return isinstance(exc, (AuthenticationError, ForbiddenError)) or (
             isinstance(exc, ServerError) and exc.error == "unknown_topic"
-        ):
+        )
+
+    def error(exc: BaseException) -> None:
+        if is_fatal(exc) or isinstance(exc, ConnectionError):
             fatal.append(exc)  # the watch cannot go on: say why and stop
         changed.set()
 
-    client.on("presence:join", joined)
-    client.on("presence:update", updated)
-    client.on("presence:leave", left)
+    last_problem: list[str] = []
+
+    def poll() -> None:
+        """Fetch the room's list and report what changed since the last one."""
+        try:
+            people = client.fetch_presence(args.room, timeout=args.timeout)
+        except NoLagError as exc:
+            if is_fatal(exc):
+                fatal.append(exc)
+            elif [str(exc)] != last_problem:  # say it once, then keep trying
+                last_problem[:] = [str(exc)]
+                line(f"! {_describe_error(exc)}; trying again")
+            return
+        last_problem.clear()
+        current = {actor.actor_token_id: actor for actor in people}
+        for actor_id, actor in current.items():
+            before = known.get(actor_id)
+            if before is None:
+                joined(actor)
+            elif before.presence != actor.presence:
+                updated(actor)
+        for actor_id, actor in known.items():
+            if actor_id not in current:
+                left(actor)
+        known.clear()
+        known.update(current)
+
+    if not polling:
+        client.on("presence:join", joined)
+        client.on("presence:update", updated)
+        client.on("presence:leave", left)
     client.on("error", error)
     for event in ("connect", "disconnect", "reconnect", "reconnecting"):
         client.on(event, lambda *_: changed.set())
     where = f"room {args.room!r}" if args.room else "the project"
+    how = f"as {args.name!r} (visible)" if visible and args.room else "invisibly"
     try:
-        if args.room:
+        if visible and args.room:
             client.set_presence({"username": args.name, "status": "watching"}, room=args.room)
         _connect(client, args)
         if not live:
-            line(f"watching {where} on {args.url} as {client.actor_id}; Ctrl-C to stop")
+            line(f"watching {where} on {args.url} {how} as {client.actor_id}; Ctrl-C to stop")
         deadline = None if args.duration is None else time.monotonic() + args.duration
+        next_poll = time.monotonic()
         while deadline is None or time.monotonic() < deadline:
+            if polling and time.monotonic() >= next_poll:
+                poll()
+                next_poll = time.monotonic() + interval
             if fatal:
                 raise CommandFailed(_describe_error(fatal[0]))
             if live:
-                people = [
-                    p
-                    for p in (client.get_all_presence(args.room) if args.room else _project(client))
-                    if others(p)
-                ]
+                if polling:
+                    members = list(known.values())
+                elif args.room:
+                    members = list(client.get_all_presence(args.room))
+                else:
+                    members = _project(client)
+                people = [p for p in members if shown(p)]
                 width = min(shutil.get_terminal_size((80, 24)).columns, 120)
                 title = f"nolag presence watch — {where} on {args.url} ({client.status})"
                 rows = [title, f"{time.strftime('%H:%M:%S')}  Ctrl-C to stop", ""]
@@ -393,9 +520,10 @@ def presence_watch(args: argparse.Namespace, out: TextIO) -> int:
                     out.write("\x1b[H\x1b[2J" + "\n".join(r[:width] for r in rows) + "\n")
                     out.flush()
             changed.clear()
-            changed.wait(
-                0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            )
+            wake = min(0.5, max(0.0, next_poll - time.monotonic())) if polling else 0.5
+            if deadline is not None:
+                wake = max(0.0, min(wake, deadline - time.monotonic()))
+            changed.wait(wake)
     finally:
         client.disconnect()
     return EXIT_OK

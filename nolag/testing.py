@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypedDict, TypeVar
 
 import attrs
 import pytest
@@ -30,7 +30,12 @@ __all__ = [
     "DEFAULT_ACTORS",
     "DEFAULT_ROOMS",
     "ClientFactory",
+    "LobbyEntry",
+    "LobbyGrant",
     "LocalBroker",
+    "TokenDocument",
+    "TokenEntry",
+    "TopicEntry",
     "nolag_broker",
     "nolag_client",
     "nolag_tokens",
@@ -52,6 +57,53 @@ DEFAULT_ACTORS: Mapping[str, str] = {
 DEFAULT_ROOMS = ("general", "random")
 TOKEN_PREFIX = "test-token-"
 
+T = TypeVar("T")
+
+
+class TopicEntry(TypedDict):
+    """One room a token may use (the real broker's ``allowedTopics`` entry)."""
+
+    pattern: str
+    topic: str
+    permission: str
+    room_id: str
+    room_slug: str
+    app_id: str
+    app_name: str
+
+
+class LobbyGrant(TypedDict):
+    """One lobby a token may observe (an ``allowedLobbies`` entry)."""
+
+    lobby_slug: str
+    lobby_id: str
+
+
+class TokenEntry(TypedDict):
+    """What one token grants (the token file's camelCase keys): actor, project, rate, rooms."""
+
+    actorTokenId: str
+    projectId: str
+    organizationId: str
+    actorType: str
+    rateLimit: float
+    allowedTopics: list[TopicEntry]
+    allowedLobbies: list[LobbyGrant]
+
+
+class LobbyEntry(TypedDict):
+    """A lobby of the document: its slug and the internal ids of its rooms."""
+
+    slug: str
+    rooms: list[str]
+
+
+class TokenDocument(TypedDict):
+    """A token file's content: ``tokens`` (token → `TokenEntry`), ``lobbies`` (id → entry)."""
+
+    tokens: dict[str, TokenEntry]
+    lobbies: dict[str, LobbyEntry]
+
 
 def token_document(
     actors: Mapping[str, str] = DEFAULT_ACTORS,
@@ -60,7 +112,7 @@ def token_document(
     project: str = "test-project",
     lobbies: Optional[Mapping[str, Iterable[str]]] = None,
     rate_limit: float = 0,
-) -> dict[str, Any]:
+) -> TokenDocument:
     """A token document (the broker's token-file format) with one token per actor.
 
     Each actor ``name`` gets token ``test-token-<name>``, actor id ``name``, every room in
@@ -68,7 +120,7 @@ def token_document(
     """
     rooms = list(rooms)
     lobbies = {"main": rooms} if lobbies is None else lobbies
-    topics = [
+    topics: list[TopicEntry] = [
         {
             "pattern": f"app/{room}/#",
             "topic": f"app-{room}",
@@ -80,8 +132,10 @@ def token_document(
         }
         for room in rooms
     ]
-    allowed_lobbies = [{"lobby_slug": slug, "lobby_id": f"lobby-{slug}"} for slug in lobbies]
-    tokens = {
+    allowed_lobbies: list[LobbyGrant] = [
+        {"lobby_slug": slug, "lobby_id": f"lobby-{slug}"} for slug in lobbies
+    ]
+    tokens: dict[str, TokenEntry] = {
         f"{TOKEN_PREFIX}{name}": {
             "actorTokenId": name,
             "projectId": project,
@@ -93,7 +147,7 @@ def token_document(
         }
         for name, actor_type in actors.items()
     }
-    lobby_map = {
+    lobby_map: dict[str, LobbyEntry] = {
         f"lobby-{slug}": {"slug": slug, "rooms": [f"room-{r}" for r in lobby_rooms]}
         for slug, lobby_rooms in lobbies.items()
     }
@@ -157,10 +211,14 @@ def start_broker(document: Optional[Mapping[str, Any]] = None, **config: Any) ->
     return LocalBroker(broker=embedded, tokens=names)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+def wait_until(
+    predicate: Callable[[], Optional[T]], timeout: float = 5.0, interval: float = 0.01
+) -> T:
     """Poll `predicate` until truthy and return its value; AssertionError after `timeout` s.
 
-    Presence travels through a broker, so tests wait for what they expect instead of sleeping.
+    The value keeps its type without ``None``: ``wait_until(lambda: client.get_presence("bob"))``
+    is an ``ActorPresence``. Presence travels through a broker, so tests wait for what they
+    expect instead of sleeping. `interval` is the pause between two calls, in seconds.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -187,7 +245,7 @@ class ClientFactory(Protocol):
 
 
 @pytest.fixture
-def nolag_tokens() -> dict[str, Any]:
+def nolag_tokens() -> TokenDocument:
     """The token document `nolag_broker` loads; override it to declare your own actors."""
     return token_document()
 

@@ -13,10 +13,13 @@ after a pause); Enter shares the line as your `said` field. Commands: /away, /on
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Callable, Optional
 
 from nolag import ActorPresence, NoLag, NoLagError, TypingIndicator
@@ -49,18 +52,30 @@ def render(people: tuple[ActorPresence, ...], me: Optional[str]) -> str:
 
 
 class ChatScreen:
-    """Redraws the room on every change when interactive; prints changes when piped."""
+    """Redraws the room on every change when interactive; prints changes when piped.
+
+    Interactive, the terminal does not echo (keys are read one by one), so the screen shows
+    the line being typed itself: after the prompt on every redraw, and as keys arrive.
+    """
 
     def __init__(self, client: NoLag, room: str, live: bool) -> None:
         self.client, self.room, self.live = client, room, live
         self.lock = threading.Lock()
+        self.draft = ""  # the line being typed
+
+    def edit(self, draft: str) -> None:
+        """Show the line being typed: rewrite the prompt line in place."""
+        with self.lock:
+            self.draft = draft
+            sys.stdout.write("\r\x1b[K> " + draft)
+            sys.stdout.flush()
 
     def changed(self, actor: ActorPresence) -> None:
         with self.lock:
             if self.live:
                 people = tuple(self.client.get_all_presence(self.room))
                 sys.stdout.write("\x1b[H\x1b[2J" + render(people, self.client.actor_id))
-                sys.stdout.write("\n\n> ")
+                sys.stdout.write("\n\n> " + self.draft)
             else:
                 data = actor.presence
                 name = data.get("username", actor.actor_token_id)
@@ -71,38 +86,68 @@ class ChatScreen:
             sys.stdout.flush()
 
 
-def read_keys(typing: TypingIndicator, submit: Callable[[str], bool]) -> None:
-    """Raw terminal input: every key is a keystroke, Enter submits the line."""
+@contextlib.contextmanager
+def keys_one_by_one() -> Iterator[None]:
+    """The terminal in cbreak mode (keys arrive one by one, unechoed; Ctrl-C still works).
+
+    Set before connecting, so that nothing typed early is echoed twice; restored on exit.
+    """
     import termios
     import tty
 
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     tty.setcbreak(fd)
-    line = ""
     try:
-        while True:
-            char = os.read(fd, 1).decode(errors="ignore")
-            if char in ("\n", "\r"):
-                if not submit(line):
-                    return
-                line = ""
-            elif char in ("\x7f", "\b"):
-                line = line[:-1]
-            elif char == "\x04":
-                return
-            elif char:
-                line += char
-                typing.keystroke()
+        yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+def read_keys(screen: ChatScreen, typing: TypingIndicator, submit: Callable[[str], bool]) -> None:
+    """Terminal input key by key: every key is a keystroke, shown on the prompt line;
+    Enter submits the line, Backspace deletes, Ctrl-D quits."""
+    fd = sys.stdin.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # é is two bytes
+    line = ""
+    while True:
+        byte = os.read(fd, 1)
+        if not byte:  # the terminal went away
+            return
+        char = decoder.decode(byte)
+        if not char:  # the middle of a character: read on
+            continue
+        if char in ("\n", "\r"):
+            screen.edit("")
+            if not submit(line):
+                return
+            line = ""
+        elif char in ("\x7f", "\b"):
+            line = line[:-1]
+            screen.edit(line)
+        elif char == "\x04":  # Ctrl-D
+            return
+        elif char.isprintable():
+            line += char
+            screen.edit(line)
+            typing.keystroke()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    live = sys.stdin.isatty() and sys.stdout.isatty()
+    with keys_one_by_one() if live else contextlib.nullcontext():
+        code = chat(args, live)
+    if live:
+        print()  # leave the prompt line, so that the shell's prompt starts on a fresh one
+    return code
+
+
+def chat(args: argparse.Namespace, live: bool) -> int:
+    """Connect, join the room and chat until /quit, Ctrl-D or Ctrl-C; the exit code."""
     client = NoLag(args.token, url=args.url)
     room = client.set_room(args.room)
-    screen = ChatScreen(client, args.room, live=sys.stdin.isatty() and sys.stdout.isatty())
+    screen = ChatScreen(client, args.room, live=live)
     for event in ("presence:join", "presence:update", "presence:leave"):
         room.on(event, screen.changed)
     try:
@@ -126,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     try:
         if screen.live:
-            read_keys(typing, submit)
+            read_keys(screen, typing, submit)
         else:
             print(f"in room {args.room!r} as {args.name}", flush=True)
             for line in sys.stdin:
@@ -135,7 +180,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if not submit(line):
                     break
     except KeyboardInterrupt:
-        pass
+        if not live and sys.stdout.isatty():
+            print()  # end the line holding the terminal's "^C"
     finally:
         typing.stop()
         client.disconnect()

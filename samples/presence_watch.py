@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Optional
 
 from nolag import ActorPresence, AuthenticationError, NoLag, NoLagError
@@ -68,11 +67,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         client.set_presence({"username": args.name, "status": "watching"}, room=args.room)
         print(f"watching room {args.room!r} on {args.url} as {client.actor_id}", flush=True)
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2)
+        client.wait(timeout=args.duration)  # until disconnected, the duration, or Ctrl-C
     except KeyboardInterrupt:
-        pass
+        if sys.stdout.isatty():
+            print()  # end the line holding the terminal's "^C"
     finally:
         client.disconnect()
     return 0

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+import helpers
 import pytest
 import transcripts
 from helpers import free_port, nolag_threads, spawn_broker, wait_until
@@ -19,6 +20,22 @@ from nolag.broker import EmbeddedBroker
 
 TESTS_DIR = Path(__file__).resolve().parent
 TOKENS_PATH = TESTS_DIR / "fixtures" / "tokens.json"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--interop``: also run tests/interop/, which install the official SDK (about 44 MB)."""
+    parser.addoption(
+        "--interop",
+        action="store_true",
+        default=False,
+        help="run the interop tests against the official asyncio NoLag SDK; the first run "
+        "installs it into a virtualenv of its own (.interop-venv/ or $NOLAG_INTEROP_VENV)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tell the interop modules (through helpers.RUN_INTEROP) whether ``--interop`` was given."""
+    helpers.RUN_INTEROP = bool(config.getoption("--interop"))
 
 
 def broker_threads() -> list[threading.Thread]:

@@ -15,6 +15,12 @@ from typing import Any, Callable
 from nolag import NoLag
 from nolag.testing import wait_until as wait_until  # the plugin's, re-exported here
 
+RUN_INTEROP = False
+"""Whether pytest got ``--interop`` (set by conftest.py before collection)."""
+
+INTEROP_SKIP = "interop tests need --interop (it installs the official SDK in .interop-venv/)"
+"""The one reason every interop module skips with, without ``--interop``."""
+
 TOKENS = {
     "alice": "dev-token-alice",
     "bob": "dev-token-bob",

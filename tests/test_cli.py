@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import pty
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from helpers import TOKENS, connected, free_port, wait_until
@@ -97,8 +101,10 @@ def test_list_prints_the_servers_list_as_a_table_and_as_json(
         assert "2 online in room 'general'" in table
         assert main([*base, "--room", "general", "--json"]) == 0
         body = json.loads(capsys.readouterr().out)
+        # the REST answer's keys (GET /v1/presence)
+        assert list(body) == ["roomId", "actors", "count"]
         assert body["count"] == 2 and body["roomId"] == "general"
-        assert {p["actorTokenId"] for p in body["online"]} == {"alice", "bob"}
+        assert {p["actorTokenId"] for p in body["actors"]} == {"alice", "bob"}
         assert main(base) == 0  # project level: nobody announced there
         assert "(nobody)" in capsys.readouterr().out
 
@@ -139,12 +145,13 @@ def test_set_announces_data_from_the_environment_until_its_duration(
             proc.communicate()
 
 
-def test_watch_live_redraws_a_table_in_place(broker: EmbeddedBroker) -> None:
+def test_watch_visible_redraws_a_table_in_place(broker: EmbeddedBroker) -> None:
     proc = spawn(
         "presence",
         "watch",
         "--room",
         "general",
+        "--visible",
         "--live",
         "--duration",
         "3",
@@ -199,6 +206,38 @@ def test_watch_plain_prints_a_line_per_event(
     assert "- Bob left" in out
 
 
+def test_watch_is_invisible_by_default_and_polls_the_rooms_list(broker: EmbeddedBroker) -> None:
+    proc = spawn(
+        "presence",
+        "watch",
+        "--room",
+        "general",
+        "--plain",
+        "--interval",
+        "0.2",
+        "--url",
+        broker.url,
+        "--token",
+        TOKENS["carol"],
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert f"watching room 'general' on {broker.url} invisibly as carol" in first, first
+        with connected(broker.url, TOKENS["bob"]) as bob:
+            bob.set_presence({"username": "Bob"}, room="general")
+            assert "+ Bob joined" in proc.stdout.readline()
+            bob.set_presence({"username": "Bob", "status": "away"}, room="general")
+            assert "~ Bob updated" in proc.stdout.readline()
+            # the watcher is nowhere: not in bob's cache, not in the server's list
+            assert [a.actor_token_id for a in bob.fetch_presence("general")] == ["bob"]
+            assert bob.get_presence("carol", "general") is None
+        assert "- Bob left" in proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_bad_token_is_one_line_and_exit_1(broker: EmbeddedBroker) -> None:
     for verb in (["list"], ["watch", "--duration", "1"], ["set", "a=1"]):
         line = one_line_error(
@@ -210,10 +249,14 @@ def test_bad_token_is_one_line_and_exit_1(broker: EmbeddedBroker) -> None:
         )
 
 
-def test_unreachable_server_is_one_line_and_exit_1() -> None:
+def test_unreachable_server_is_one_line_naming_the_url_once_and_exit_1() -> None:
     url = f"ws://127.0.0.1:{free_port()}/ws"
     line = one_line_error(nolag("presence", "list", "--url", url, "--token", "t"), 1)
-    assert line.startswith(f"nolag presence list: error: cannot reach {url}: ")
+    assert line.startswith(f"nolag presence list: error: cannot connect to {url}: ")
+    assert line.count(url) == 1 and line.count("cannot") == 1, line  # said once
+    assert line.endswith(
+        "check the URL (--url or NOLAG_URL) and that a NoLag server is running there"
+    )
 
 
 def test_a_room_the_token_may_not_use_is_one_line_and_exit_1(broker: EmbeddedBroker) -> None:
@@ -222,6 +265,8 @@ def test_a_room_the_token_may_not_use_is_one_line_and_exit_1(broker: EmbeddedBro
     assert line.startswith("nolag presence list: error: not allowed: ")
     line = one_line_error(nolag("presence", "set", *base, "a=1"), 1)
     assert line.startswith("nolag presence set: error: not allowed: ")
+    line = one_line_error(nolag("presence", "watch", *base, "--plain", "--duration", "5"), 1)
+    assert line.startswith("nolag presence watch: error: not allowed: ")
 
 
 @pytest.mark.parametrize(
@@ -251,3 +296,93 @@ def test_parse_assignments_reads_json_values_or_strings() -> None:
     }
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_assignments(["=1"])
+
+
+def test_ctrl_c_ends_set_with_a_newline_on_a_terminal(broker: EmbeddedBroker) -> None:
+    # a pseudo-terminal as stdout: the shell's prompt must not land after the echoed "^C"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nolag", "presence", "set", "--url", broker.url, "a=1"],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env={**ENV, "NOLAG_TOKEN": TOKENS["carol"]},
+    )
+    os.close(slave)
+    received = b""
+    try:
+        while b"Ctrl-C to leave" not in received:
+            received += os.read(master, 4096)  # bounded by the test's timeout
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        with contextlib.suppress(OSError):  # EIO once the child closed the terminal
+            while chunk := os.read(master, 4096):
+                received += chunk
+    finally:
+        proc.kill()
+        proc.communicate()
+        os.close(master)
+    assert received.endswith(b"Ctrl-C to leave\r\n\r\n"), received
+
+
+def test_doctor_and_version_say_where_nolag_comes_from(tmp_path: Path) -> None:
+    import nolag
+
+    here = str(Path(nolag.__file__).resolve())
+    result = nolag_cli_in(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"nolag-sync {nolag.__version__} (import nolag: {here})"
+    result = nolag_cli_in(tmp_path, "doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"import nolag:  {here}" in result.stdout
+    assert "ok: no other distribution provides the package 'nolag'" in result.stdout
+
+
+def fake_official_sdk(site_dir: Path) -> Path:
+    """Installed-package metadata of the official SDK, written by hand (no network needed).
+
+    Only the .dist-info (METADATA, RECORD, top_level.txt), as pip writes it; the package
+    files themselves are left out so that this process keeps importing this nolag.
+    """
+    info = site_dir / "nolag-2.6.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: nolag\nVersion: 2.6.0\n")
+    (info / "RECORD").write_text(
+        "nolag/__init__.py,,\nnolag/client.py,,\nnolag-2.6.0.dist-info/METADATA,,\n"
+    )
+    (info / "top_level.txt").write_text("nolag\n")
+    return info
+
+
+def nolag_cli_in(cwd: Path, *args: str, pythonpath: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**ENV, "PYTHONPATH": pythonpath} if pythonpath else ENV
+    return subprocess.run(
+        [sys.executable, "-m", "nolag", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_doctor_warns_when_another_distribution_provides_nolag(tmp_path: Path) -> None:
+    from nolag.doctor import diagnose
+
+    site_dir = tmp_path / "site"
+    fake_official_sdk(site_dir)
+    diagnosis = diagnose(path=[str(site_dir), *sys.path])
+    assert [(o.name, o.version, o.location) for o in diagnosis.others] == [
+        ("nolag", "2.6.0", str(site_dir.resolve()))
+    ]
+    assert not diagnosis.ok and [o.name for o in diagnosis.ours] == ["nolag-sync"]
+
+    result = nolag_cli_in(tmp_path, "doctor", pythonpath=str(site_dir))
+    assert result.returncode == 1, result.stdout + result.stderr
+    warning = next(line for line in result.stdout.splitlines() if line.startswith("warning:"))
+    assert f"nolag 2.6.0 (in {site_dir.resolve()}) also installs the package 'nolag'" in warning
+    assert "pip uninstall nolag" in warning
+    result = nolag_cli_in(tmp_path, "--version", pythonpath=str(site_dir))
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[1].startswith("warning: the distribution nolag 2.6.0")
+    assert result.stdout.splitlines()[-1] == "run 'nolag doctor' for details"

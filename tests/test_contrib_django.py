@@ -113,6 +113,13 @@ def test_the_settings_check_reports_a_missing_token(
     settings.NOLAG = {"URL": "ws://127.0.0.1:9/ws"}
     [error] = check_settings()
     assert error.id == "nolag.E001" and "no TOKEN given" in error.msg
+    # what the README's settings give when the variable is unset or empty:
+    # "TOKEN": os.environ.get("NOLAG_TOKEN")
+    for unset in (None, ""):
+        settings.NOLAG = {"TOKEN": unset, "URL": "ws://127.0.0.1:9/ws"}
+        [error] = check_settings()
+        assert error.id == "nolag.E001"
+        assert error.msg == "settings.NOLAG: no TOKEN given and NOLAG_TOKEN is not set"
     settings.NOLAG = {"TOKEN": "t", "ROOMS": "typo"}
     [error] = check_settings()
     assert "unknown key(s) ROOMS" in error.msg
@@ -129,11 +136,12 @@ def test_management_command_lists_and_watches(nolag_settings: Any, broker: Embed
         assert "Alice" in out.getvalue() and "1 online in room 'general'" in out.getvalue()
         out = io.StringIO()
         call_command("nolag_presence", "list", "--json", "--room", "random", stdout=out)
-        assert json.loads(out.getvalue())["count"] == 0
+        assert json.loads(out.getvalue()) == {"roomId": "random", "actors": [], "count": 0}
         out = io.StringIO()
         call_command("nolag_presence", "watch", "--plain", "--duration", "0.5", stdout=out)
         assert "watching room 'general'" in out.getvalue()
-        assert "+ Alice joined" in out.getvalue()  # from the snapshot on entering the room
+        assert "+ Alice joined" in out.getvalue()  # from the room's list: the watcher is invisible
+        assert alice.get_presence("backend", "general") is None
 
 
 def test_management_command_errors_are_command_errors(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -163,6 +167,60 @@ def test_room_samples_have_help(sample: str) -> None:
     result = _run(str(SAMPLES / sample), "--help")
     assert result.returncode == 0
     assert "--token" in result.stdout
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
+    """Read a pseudo-terminal's output until `wanted` appears; fail after `timeout` seconds."""
+    received = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in received:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{wanted!r} not seen in {timeout} s: {received[-400:]!r}"
+        if select.select([fd], [], [], remaining)[0]:
+            received += os.read(fd, 4096)
+    return received
+
+
+def _drain(fd: int) -> bytes:
+    """The rest of a pseudo-terminal's output once its process has ended."""
+    received = b""
+    with contextlib.suppress(OSError):  # EIO: the other side is closed
+        while select.select([fd], [], [], 1.0)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def test_chat_room_on_a_terminal_echoes_typing_and_ends_its_line_on_ctrl_c(
+    broker_process: str,
+) -> None:
+    # a pseudo-terminal as stdin and stdout: the sample reads keys one by one, unechoed by
+    # the terminal, so it must show what is typed itself
+    master, slave = pty.openpty()
+    args = ["--url", broker_process, "--token", TOKENS["dave"], "--name", "Dave"]
+    chat = subprocess.Popen(
+        [sys.executable, str(SAMPLES / "chat_room.py"), *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    os.close(slave)
+    try:
+        _read_until(master, b"Dave (you)", 20)  # connected and drawn
+        os.write(master, "hé".encode())
+        _read_until(master, "> hé".encode(), 10)
+        chat.send_signal(signal.SIGINT)
+        assert chat.wait(15) == 0
+        rest = _drain(master)
+    finally:
+        chat.kill()
+        chat.communicate()
+        os.close(master)
+    # the shell's prompt then starts on a line of its own
+    assert rest.endswith(b"\r\n"), rest
 
 
 def test_chat_room_shows_typing_then_the_message(broker_process: str) -> None:

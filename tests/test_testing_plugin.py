@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -114,3 +115,44 @@ def test_a_user_suite_uses_the_fixtures_through_the_entry_point(tmp_path: Path) 
 def test_fixture_teardown_leaves_no_client_threads(nolag_client: ClientFactory) -> None:
     nolag_client("dave")
     assert any(t.name.startswith("nolag-loop") for t in threading.enumerate())
+
+
+TYPED_USE = """
+from typing import Optional
+
+from nolag.models import ActorPresence
+from nolag.testing import token_document, wait_until
+
+
+def lookup() -> Optional[ActorPresence]:
+    return None
+
+
+reveal_type(wait_until(lookup))
+reveal_type(wait_until(lambda: [1, 2], timeout=1.0))
+reveal_type(wait_until(lambda: 2 > 1))
+document = token_document({"alice": "user"})
+reveal_type(document["tokens"]["test-token-alice"]["actorTokenId"])
+reveal_type(document["lobbies"]["lobby-main"]["rooms"])
+"""
+
+
+def test_helpers_are_precisely_typed_for_a_users_type_checker(tmp_path: Path) -> None:
+    # what mypy tells a user about the helpers' results: no Any
+    api = pytest.importorskip("mypy.api")
+    (tmp_path / "use.py").write_text(TYPED_USE)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out, err, _ = api.run(["--strict", "--no-error-summary", *cache, str(tmp_path / "use.py")])
+    revealed = [
+        line.split('Revealed type is "')[1].rstrip('"').replace("builtins.", "")
+        for line in out.splitlines()
+        if "Revealed type is" in line
+    ]
+    # an ActorPresence, not Optional (mypy spells a NamedTuple "tuple[..., fallback=...]")
+    assert re.fullmatch(r"(tuple\[.*fallback=)?[\w.]*ActorPresence\]?", revealed[0]), out + err
+    assert revealed[1:] == [
+        "list[int]",
+        "bool",
+        "str",
+        "list[str]",
+    ], out + err

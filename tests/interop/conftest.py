@@ -1,8 +1,9 @@
 """Fixtures for the interop tests: the official SDK's cached virtualenv and its clients.
 
-The official SDK is installed once per machine into ``.interop-venv/`` (or
-``$NOLAG_INTEROP_VENV``). When it cannot be installed the tests skip with the reason,
-except under CI (``CI=true``), where that is a failure: CI must run them.
+They run only with ``pytest --interop`` (tests/conftest.py). The official SDK is then
+installed once per machine into ``.interop-venv/`` (or ``$NOLAG_INTEROP_VENV``). When it
+cannot be installed the tests skip with the reason, except under CI (``CI=true``), where
+that is a failure: CI must run them.
 """
 
 from __future__ import annotations

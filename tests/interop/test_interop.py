@@ -14,7 +14,12 @@ import time
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
+import helpers
 import pytest
+
+if not helpers.RUN_INTEROP:
+    pytest.skip(helpers.INTEROP_SKIP, allow_module_level=True)
+
 from faultproxy import FaultProxy
 from helpers import Recorder, wait_until
 from official import OfficialClient

@@ -25,7 +25,18 @@ class Command(BaseCommand):  # type: ignore[misc]
         listing = verbs.add_parser("list", help="print who is online now")
         listing.add_argument("--json", action="store_true", help="print JSON, not a table")
         watch = verbs.add_parser("watch", help="a live table of who is online")
-        watch.add_argument("--name", default="django", help="the name the watcher announces")
+        watch.add_argument(
+            "--visible",
+            action="store_true",
+            help="be present in the room (as --name) to get events live; invisible otherwise",
+        )
+        watch.add_argument("--name", default="django", help="the name a --visible watcher shows")
+        watch.add_argument(
+            "--interval",
+            type=float,
+            default=1.0,
+            help="seconds between two asks for a room's list when invisible (default 1)",
+        )
         watch.add_argument("--duration", type=float, help="stop after this many seconds")
         mode = watch.add_mutually_exclusive_group()
         mode.add_argument("--live", action="store_true", help="redraw in place")
@@ -51,6 +62,8 @@ class Command(BaseCommand):  # type: ignore[misc]
             verbose=options["verbosity"] > 1,
             json=options.get("json", False),
             name=options.get("name", "django"),
+            visible=options.get("visible", False),
+            interval=options.get("interval", 1.0),
             duration=options.get("duration"),
             live=options.get("live", False),
             plain=options.get("plain", False),
