@@ -751,10 +751,13 @@ class Session:
         apply_event = self._apply_event
         events = fx.events
         emitted = 0
+        absorbing = self._absorb is not None
         for start in range(0, len(payloads), _DECODE_SLICE):
             for frame in decode(payloads[start : start + _DECODE_SLICE]):
                 if type(frame) is presence_event:
-                    self._absorb = None
+                    if absorbing:  # the frame after a refusal was not its empty list
+                        self._absorb = None
+                        absorbing = False
                     out = apply_event(frame, now)
                     if out:
                         emitted += len(out)
@@ -762,6 +765,7 @@ class Session:
                             events += out
                 else:
                     self._apply(frame, now, fx, listening)
+                    absorbing = self._absorb is not None
         stats.events_emitted += emitted
         return fx
 
