@@ -8,24 +8,56 @@ its events, made of the client's public API only. Contexts are cached per name, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar, Union, overload
 
 from nolag.events import PRESENCE_EVENTS, Handler, Registry
 from nolag.models import ActorPresence
 
 if TYPE_CHECKING:
-    from nolag.client import NoLag
     from nolag.lobby import Lobby
 
-__all__ = ["App", "Room"]
+__all__ = ["App", "Room", "RoomPort"]
 
 H = TypeVar("H", bound=Handler)
+
+
+class RoomPort(Protocol):
+    """The client as its contexts see it: the public calls they make (`NoLag` has them)."""
+
+    def set_presence(self, data: Mapping[str, Any], room: Optional[str] = None) -> None: ...
+
+    def clear_presence(self, room: Optional[str] = None) -> None: ...
+
+    def own_presence(self, room: Optional[str] = None) -> Optional[Mapping[str, Any]]: ...
+
+    def get_all_presence(self, room: Optional[str] = None) -> Sequence[ActorPresence]: ...
+
+    def get_presence(
+        self, actor_id: str, room: Optional[str] = None
+    ) -> Optional[ActorPresence]: ...
+
+    def presence_count(self, room: Optional[str] = None) -> int: ...
+
+    def fetch_presence(
+        self, room: Optional[str] = None, timeout: Optional[float] = None
+    ) -> list[ActorPresence]: ...
+
+    def wait_for_presence(
+        self,
+        actor: Union[str, Callable[[ActorPresence], bool]],
+        timeout: float = 10.0,
+        room: Optional[str] = None,
+    ) -> ActorPresence: ...
+
+    def set_room(self, room: str) -> Room: ...
+
+    def set_lobby(self, lobby: str) -> Lobby: ...
 
 
 class App:
     """An app of the project: the namespace rooms and lobbies are named in."""
 
-    def __init__(self, client: NoLag, name: str) -> None:
+    def __init__(self, client: RoomPort, name: str) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"app must be a non-empty str, got {name!r}")
         self.client = client
@@ -50,7 +82,7 @@ class Room:
     in another room moves this client there (its old room's members leave the cache).
     """
 
-    def __init__(self, client: NoLag, slug: str) -> None:
+    def __init__(self, client: RoomPort, slug: str) -> None:
         self.client = client
         self.slug = slug
         self._events = Registry(PRESENCE_EVENTS)

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from nolag._io.loop import TimerHandle, shared_loop
 
+from nolag.rooms import Room, RoomPort
+
 if TYPE_CHECKING:
     from nolag.client import NoLag
-    from nolag.rooms import Room
 
 __all__ = ["TypingIndicator"]
 
@@ -31,17 +32,17 @@ class TypingIndicator:
         min_interval: float = 1.0,
         key: str = "isTyping",
     ) -> None:
-        from nolag.client import NoLag
-
         for name, value in (("idle", idle), ("min_interval", min_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
-        if isinstance(target, NoLag):
-            self._client, self._room = target, target.options.default_room
-        else:
+        self._client: RoomPort
+        self._room: Optional[str]
+        if isinstance(target, Room):
             self._client, self._room = target.client, target.slug
+        else:
+            self._client, self._room = target, target.options.default_room
         self.idle = float(idle)
         self.min_interval = float(min_interval)
         self.key = key
