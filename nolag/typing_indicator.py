@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Optional, Union
 
 from nolag._io.loop import TimerHandle, shared_loop
-
 from nolag.rooms import Room, RoomPort
 
 if TYPE_CHECKING:
