@@ -18,6 +18,7 @@ connect thread, bounded as a whole by its deadline.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -25,7 +26,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, overload
 
 import attrs
 
@@ -55,6 +56,9 @@ H = TypeVar("H", bound=Handler)
 T = TypeVar("T")
 
 _client_numbers = iter(range(1, 1 << 62))
+
+#: "not given" for the constructor's keywords (None is a meaningful value for some)
+_UNSET: Any = object()
 
 
 class _Reply:
@@ -154,21 +158,52 @@ class NoLag:
         url: Optional[str] = None,
         *,
         options: Optional[NoLagOptions] = None,
-        **kwargs: Any,
+        rest_url: Optional[str] = _UNSET,
+        connect_timeout: float = _UNSET,
+        request_timeout: float = _UNSET,
+        heartbeat_interval: float = _UNSET,
+        protocol_version: int = _UNSET,
+        default_room: Optional[str] = _UNSET,
+        max_presence_bytes: int = _UNSET,
+        max_presence_rate: Optional[float] = _UNSET,
+        observer: bool = _UNSET,
+        sync_on_join: bool = _UNSET,
+        reconnect: bool = _UNSET,
+        reconnect_initial_delay: float = _UNSET,
+        reconnect_max_delay: float = _UNSET,
+        reconnect_factor: float = _UNSET,
+        send_timeout: float = _UNSET,
+        max_message_bytes: int = _UNSET,
+        lobby_refresh_interval: Optional[float] = _UNSET,
+        reconnect_max_attempts: Optional[int] = _UNSET,
+        fork_policy: str = _UNSET,
+        **unknown: NoReturn,
     ) -> None:
+        """A client for `token` (an actor access token) at `url` (default
+        ws://127.0.0.1:8080/ws). Nothing connects until connect().
+
+        Every keyword is a field of `NoLagOptions` (its docs give units and defaults); pass
+        them here, or as ``options=NoLagOptions(...)`` with any of them overriding it.
+        Raises TypeError for an unknown keyword (naming the closest option) or a value of
+        the wrong type, ValueError for a value out of range.
+        """
         if not isinstance(token, str):
             raise TypeError(f"token must be a str, not {type(token).__name__}")
         if not token.strip():
             raise ValueError("token must be a non-empty str")
-        unknown = set(kwargs) - set(NoLagOptions.field_names())
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(NoLagOptions.field_names())}"
-            )
+        names = list(NoLagOptions.field_names())
+        for name in unknown:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; options: {', '.join(names)}"
+            raise TypeError(f"NoLag() got an unknown option {name!r}{hint}")
+        given = {
+            name: value
+            for name, value in locals().items()
+            if name in names and name != "url" and value is not _UNSET
+        }
         if url is not None:
-            kwargs["url"] = url
-        self.options = attrs.evolve(options, **kwargs) if options else NoLagOptions(**kwargs)
+            given["url"] = url
+        self.options = attrs.evolve(options, **given) if options else NoLagOptions(**given)
         self._token = token
         self._number = next(_client_numbers)
         self._events = Registry()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import threading
@@ -398,3 +399,36 @@ def test_presence_events_are_queued_only_for_a_listener(broker: EmbeddedBroker) 
         wait_until(lambda: updates == [3] and len(errors) == 1)
         assert isinstance(errors[0], RuntimeError)
         assert [e.name for e in queued] == ["presence:update"]
+
+
+def test_the_constructor_takes_every_option_by_name_and_names_a_misspelt_one() -> None:
+    params = inspect.signature(NoLag).parameters
+    options = [name for name in NoLagOptions.field_names() if name != "url"]
+    assert all(params[name].kind is inspect.Parameter.KEYWORD_ONLY for name in options)
+    with pytest.raises(
+        TypeError, match="unknown option 'conect_timeout'; did you mean 'connect_timeout'"
+    ):
+        NoLag("t", conect_timeout=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="connect_timeout must be a number"):
+        NoLag("t", connect_timeout="3")  # type: ignore[arg-type]
+    base = NoLagOptions(heartbeat_interval=5.0, url="ws://example.invalid:1/ws")
+    client = NoLag("t", options=base, reconnect=False)
+    assert (client.options.heartbeat_interval, client.options.reconnect) == (5.0, False)
+    assert client.options.url == "ws://example.invalid:1/ws"
+
+
+def test_a_type_checker_sees_the_constructor_s_options(tmp_path: Path) -> None:
+    api = pytest.importorskip("mypy.api")
+    script = tmp_path / "use.py"
+    script.write_text(
+        "from nolag import NoLag\n"
+        "NoLag('t', connect_timeout=3.0, default_room='general')\n"
+        "NoLag('t', conect_timeout=3)\n"
+        "NoLag('t', connect_timeout='3')\n"
+    )
+    out, _, status = api.run(
+        ["--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "c"), str(script)]
+    )
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert status == 1 and len(errors) == 2, out
+    assert "use.py:3:" in errors[0] and "use.py:4:" in errors[1], out
