@@ -23,6 +23,7 @@ from rawclient import RawClient
 from nolag.broker import EmbeddedBroker
 
 TS = "<joinedAt>"
+REAUTH_REFUSED = {"type": "auth", "success": False, "error": "already_authenticated"}
 SKIP = object()
 Records = list[dict[str, Any]]
 
@@ -48,6 +49,7 @@ def strip_extensions(frame: Any) -> Any:
     f = copy.deepcopy(frame)
     if f.get("type") == "auth":
         f.pop("rateLimit", None)
+        f.pop("hint", None)
     if f.get("type") == "presence" and "event" in f:
         f.pop("roomId", None)
         f["data"].pop("connectionId", None)
@@ -158,7 +160,12 @@ def load(transcript: Callable[[str], Records]) -> Callable[[str], Records]:
 
 
 def test_replay_01_auth(broker: EmbeddedBroker, load: Callable[[str], Records]) -> None:
-    checked = replay(broker.url, load("01"), stop_note="unauthenticated socket left idle")
+    # seq 19: Kraken switched the socket to the second token's identity; the local broker
+    # refuses to re-authenticate an authenticated socket (issue 14, RELIABILITY.md).
+    overrides = {19: REAUTH_REFUSED}
+    checked = replay(
+        broker.url, load("01"), stop_note="unauthenticated socket left idle", overrides=overrides
+    )
     assert checked == 9
 
 
