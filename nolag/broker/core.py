@@ -12,8 +12,9 @@ Decisions where the real broker is silent, defective or has no equivalent:
 - A second ``auth`` on an authenticated socket changes nothing: with the socket's own
   token it is answered with the same success reply (as Kraken answers it), without
   refilling the rate bucket or broadcasting anything; with another token it is refused
-  (``{type: auth, success: false, error: already_authenticated}``) (Kraken would switch identity; a socket that can
-  re-authenticate at will can reset its rate limit and spam leave/join, issue 14).
+  (``{type: auth, success: false, error: already_authenticated}``). Kraken would switch
+  identity; a socket that can re-authenticate at will can reset its rate limit and spam
+  leave/join (issue 14).
 - A refused auth counts against the remote address: past ``max_auth_failures`` per
   ``auth_failure_window`` the auth is refused unchecked, answered ``rate_limit_exceeded``
   and the socket closed with 1008 ``auth_rate_limited``.
