@@ -497,9 +497,7 @@ def test_core_protocol_version(core: BrokerCore, sent: Any, answered: int) -> No
 
 def test_core_second_auth_neither_refills_the_bucket_nor_broadcasts() -> None:
     now = [0.0]
-    core = BrokerCore(
-        load_tokens(TOKENS), BrokerConfig(), mono=lambda: now[0]
-    )
+    core = BrokerCore(load_tokens(TOKENS), BrokerConfig(), mono=lambda: now[0])
     slow = authed(core, "dev-token-slow")  # 3 frames/s, burst 3
     b = authed(core, "dev-token-bob")
     send(core, b, {"type": "presence", "roomId": "general", "data": {}})
