@@ -254,6 +254,8 @@ class BrokerCore:
             return handler(self, conn, conn.identity, frame)
         if kind in PUBSUB_TYPES:
             topic = frame.get("topic")
+            if self.kraken and not isinstance(topic, str):
+                return []  # Kraken ignores a subscribe without a topic (transcript 07)
             return self._reply(
                 conn,
                 frames.error(
