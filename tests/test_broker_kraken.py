@@ -290,3 +290,19 @@ def test_sdk_local_mode_reference_for_the_two_defects(make_broker: Any) -> None:
         side.subscribe(timeout=5)
         bob.set_presence({"b": 1}, room="general")
         wait_until(lambda: main.get_presence("bob") and side.get_presence("bob"), timeout=3)
+
+
+def test_no_rest_presence_endpoint_in_kraken_mode(broker: EmbeddedBroker) -> None:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        broker.http_url + "/v1/presence?roomId=general",
+        headers={"Authorization": "Bearer dev-token-alice"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=5)
+    assert caught.value.code == 404
+    caught.value.close()
+    with urllib.request.urlopen(broker.http_url + "/health", timeout=5) as health:
+        assert health.status == 200

@@ -317,7 +317,13 @@ class BrokerServer:
     # -- REST -----------------------------------------------------------------------
 
     async def handle_presence(self, request: web.Request) -> web.Response:
-        """``GET /v1/presence[?roomId=<slug>]``."""
+        """``GET /v1/presence[?roomId=<slug>]`` (404 in Kraken mode: Kraken has no such
+        endpoint, and a 404 is what tells the SDK so)."""
+        if self.config.kraken:
+            return web.json_response(
+                {"error": "not_found", "hint": "no REST presence endpoint in kraken mode"},
+                status=404,
+            )
         room = request.query.get("roomId")
         reply = self.rest.presence(request.headers.get("Authorization"), room)
         return web.json_response(reply.body, status=reply.status, headers=reply.headers)
