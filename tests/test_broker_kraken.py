@@ -9,6 +9,8 @@ until the SDK copes with them.
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -293,9 +295,6 @@ def test_sdk_local_mode_reference_for_the_two_defects(make_broker: Any) -> None:
 
 
 def test_no_rest_presence_endpoint_in_kraken_mode(broker: EmbeddedBroker) -> None:
-    import urllib.error
-    import urllib.request
-
     request = urllib.request.Request(
         broker.http_url + "/v1/presence?roomId=general",
         headers={"Authorization": "Bearer dev-token-alice"},
