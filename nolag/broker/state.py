@@ -174,23 +174,6 @@ class Registry:
             del self._project_conns[conn.project_id]
         return out
 
-    def clear_presence(self, conn_id: str, room: Optional[str]) -> list[Delivery]:
-        """Withdraw the socket's presence from `room` (None: project level): a ``leave``
-        to everyone who saw it, the socket included; nothing if it was not present there."""
-        conn = self._conns[conn_id]
-        if room is not None:
-            if conn.room != room:
-                return []
-            return self._leave_room(conn, include_self=True)
-        project = self._project_presence.get(conn.project_id, {})
-        if conn_id not in project:
-            return []
-        del project[conn_id]
-        if not project:
-            del self._project_presence[conn.project_id]
-        leave = self._event("leave", conn, None, None)
-        return [(c, leave) for c in self._project_conns[conn.project_id]]
-
     def room_of(self, conn_id: str) -> Optional[str]:
         """The slug of the room the socket is present in, if any."""
         conn = self._conns.get(conn_id)
