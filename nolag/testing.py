@@ -7,7 +7,12 @@ Installed with nolag-sync, the plugin (entry point ``pytest11``) gives every tes
 - ``nolag_client``: a factory of connected clients on that broker,
   ``nolag_client("alice", room="general", presence={...})``, all disconnected at teardown;
 - ``nolag_tokens``: the token document the broker loads; override it in a conftest.py to
-  declare your own actors and rooms (see `token_document`).
+  declare your own actors and rooms (see `token_document`);
+- ``nolag_broker_compat``: the broker's compat mode, ``"local"`` (default) or
+  ``"kraken"`` (frames exactly as the real broker Kraken sends them, its lobby quirks
+  included). Choose it for a whole run with ``--nolag-broker-compat kraken`` or the ini
+  option ``nolag_broker_compat = kraken``, or per test with
+  ``@pytest.mark.parametrize("nolag_broker_compat", ["local", "kraken"], indirect=True)``.
 
 Outside pytest, `start_broker` and `wait_until` do the same jobs by hand.
 """
@@ -27,6 +32,7 @@ if TYPE_CHECKING:  # the broker extra (aiohttp) is imported only when a broker s
     from nolag.broker import EmbeddedBroker
 
 __all__ = [
+    "COMPAT_MODES",
     "DEFAULT_ACTORS",
     "DEFAULT_ROOMS",
     "ClientFactory",
@@ -37,6 +43,7 @@ __all__ = [
     "TokenEntry",
     "TopicEntry",
     "nolag_broker",
+    "nolag_broker_compat",
     "nolag_client",
     "nolag_tokens",
     "start_broker",
@@ -56,6 +63,22 @@ DEFAULT_ACTORS: Mapping[str, str] = {
 #: rooms every default actor may use, and the lobby "main" spans
 DEFAULT_ROOMS = ("general", "random")
 TOKEN_PREFIX = "test-token-"
+#: the broker compat modes (nolag.broker.config.COMPAT_MODES, without importing aiohttp)
+COMPAT_MODES = ("local", "kraken")
+COMPAT_OPTION = "--nolag-broker-compat"
+COMPAT_INI = "nolag_broker_compat"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The ``--nolag-broker-compat`` flag and the ``nolag_broker_compat`` ini option."""
+    help_text = (
+        "compat mode of the nolag_broker fixture: 'local' (default) or 'kraken' "
+        "(frames exactly as the real broker Kraken sends them)"
+    )
+    group = parser.getgroup("nolag")
+    group.addoption(COMPAT_OPTION, choices=COMPAT_MODES, default=None, help=help_text)
+    parser.addini(COMPAT_INI, help=help_text, default="local")
+
 
 T = TypeVar("T")
 
@@ -192,7 +215,8 @@ class LocalBroker:
 def start_broker(document: Optional[Mapping[str, Any]] = None, **config: Any) -> LocalBroker:
     """Start a local broker on a free loopback port with `document`'s tokens (default actors).
 
-    `config` are BrokerConfig fields (idle_timeout, ...). Stop it with ``.stop()``.
+    `config` are BrokerConfig fields (idle_timeout, compat="kraken", ...). Stop it with
+    ``.stop()``.
     """
     try:
         from nolag.broker import EmbeddedBroker
@@ -251,10 +275,30 @@ def nolag_tokens() -> TokenDocument:
 
 
 @pytest.fixture
-def nolag_broker(nolag_tokens: Mapping[str, Any]) -> Iterator[LocalBroker]:
+def nolag_broker_compat(request: pytest.FixtureRequest) -> str:
+    """The compat mode of `nolag_broker`: an indirect parameter, else the command-line
+    flag, else the ini option (default ``"local"``)."""
+    value = getattr(request, "param", None)
+    source = "the nolag_broker_compat parameter"
+    if value is None:
+        value = request.config.getoption(COMPAT_OPTION)
+        source = COMPAT_OPTION
+    if value is None:
+        value = request.config.getini(COMPAT_INI) or "local"
+        source = f"the ini option {COMPAT_INI}"
+    value = str(value).strip()
+    if value not in COMPAT_MODES:
+        pytest.fail(f"{source} must be one of {', '.join(COMPAT_MODES)}, not {value!r}")
+    return value
+
+
+@pytest.fixture
+def nolag_broker(
+    nolag_tokens: Mapping[str, Any], nolag_broker_compat: str
+) -> Iterator[LocalBroker]:
     """A fresh local broker on a free loopback port for one test, stopped afterwards."""
     try:
-        broker = start_broker(nolag_tokens)
+        broker = start_broker(nolag_tokens, compat=nolag_broker_compat)
     except ImportError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:

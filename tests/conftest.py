@@ -20,6 +20,43 @@ from nolag.broker import EmbeddedBroker
 
 TESTS_DIR = Path(__file__).resolve().parent
 TOKENS_PATH = TESTS_DIR / "fixtures" / "tokens.json"
+BROKER_MODES = ("local", "kraken")
+"""The local broker's compat modes the ``both_brokers`` tests run against (issue 14)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the markers that choose the broker modes a test runs against, and tell the
+    interop modules (through helpers.RUN_INTEROP) whether ``--interop`` was given."""
+    config.addinivalue_line(
+        "markers",
+        "both_brokers: run against the local broker in both compat modes (local, kraken), "
+        "through the broker / make_broker fixtures",
+    )
+    config.addinivalue_line(
+        "markers",
+        "local_extension(reason): relies on a local-broker extension; skipped in kraken mode",
+    )
+    helpers.RUN_INTEROP = bool(config.getoption("--interop"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``both_brokers`` tests over the compat modes."""
+    if "broker_compat" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_brokers"
+    ):
+        metafunc.parametrize("broker_compat", BROKER_MODES, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In kraken mode, skip ``local_extension`` tests."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("broker_compat") != "kraken":
+            continue
+        marker = item.get_closest_marker("local_extension")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "relies on a local-broker extension"
+            item.add_marker(pytest.mark.skip(reason=f"kraken mode: {reason}"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,11 +68,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the interop tests against the official asyncio NoLag SDK; the first run "
         "installs it into a virtualenv of its own (.interop-venv/ or $NOLAG_INTEROP_VENV)",
     )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Tell the interop modules (through helpers.RUN_INTEROP) whether ``--interop`` was given."""
-    helpers.RUN_INTEROP = bool(config.getoption("--interop"))
 
 
 def broker_threads() -> list[threading.Thread]:
@@ -69,11 +101,18 @@ def tokens_path() -> Path:
 
 
 @pytest.fixture
-def make_broker() -> Iterator[Callable[..., EmbeddedBroker]]:
+def broker_compat(request: pytest.FixtureRequest) -> str:
+    """The compat mode of `broker` / `make_broker`: "local", or a ``both_brokers`` param."""
+    return str(getattr(request, "param", "local"))
+
+
+@pytest.fixture
+def make_broker(broker_compat: str) -> Iterator[Callable[..., EmbeddedBroker]]:
     """Factory for started brokers (test tokens by default); all are stopped afterwards."""
     brokers: list[EmbeddedBroker] = []
 
     def make(**kwargs: Any) -> EmbeddedBroker:
+        kwargs.setdefault("compat", broker_compat)
         if not kwargs.get("allow_all"):
             kwargs.setdefault("tokens_path", TOKENS_PATH)
         broker = EmbeddedBroker(**kwargs)

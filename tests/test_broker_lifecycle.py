@@ -123,18 +123,26 @@ def test_cli_refuses_allow_all_on_a_public_host(capsys: pytest.CaptureFixture[st
     assert len(err.splitlines()) == 1 and "--i-know-allow-all-is-insecure" in err
 
 
-def test_cli_needs_tokens_or_allow_all(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main([]) == 2
-    assert "--tokens" in capsys.readouterr().err
+def test_cli_bad_arguments_exit_2(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # without --tokens: the well-known development tokens, so loopback only
+    assert main(["--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tokens" in err and "loopback" in err
+    assert main(["--compat", "nosuch", "--port", "0"]) == 2
+    assert "--compat" in capsys.readouterr().err
+    assert main(["--auth-timeout", "-1", "--port", "0"]) == 2
+    assert "auth_timeout must be >= 0" in caplog.text
     assert main(["--tokens", str(tmp_path / "missing.json"), "--port", "0"]) == 2
     assert main(["--tokens", "x.json", "--port", "nope"]) == 2
 
 
-def run_cli(*args: str) -> subprocess.Popen[str]:
+def run_cli(*args: str, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
     """Start ``python -m nolag.broker`` on a free port."""
     return subprocess.Popen(
         [sys.executable, "-m", "nolag.broker", "--port", "0", *args],
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -179,3 +187,38 @@ def test_cli_serves_until_ctrl_c(tokens_path: Path, args: tuple[str, ...]) -> No
             proc.wait(5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_cli_without_a_token_file_serves_the_printed_dev_tokens(tmp_path: Path) -> None:
+    # issue 15: the Quickstart works from an installed package (no tests/fixtures needed)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nolag.broker", "--port", "0", "--compat", "kraken"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(tmp_path),  # no token file anywhere near
+    )
+    try:
+        port, lines = wait_listening(proc)
+        assert any("compat mode 'kraken'" in line for line in lines)
+        with RawClient(f"ws://127.0.0.1:{port}/ws") as client:
+            reply = client.auth("dev-token-alice", 2)
+            assert (reply["actorTokenId"], reply["projectId"]) == ("alice", "demo-project")
+            assert "rateLimit" not in reply  # kraken mode: no extension keys
+            client.send({"type": "lobbySubscribe", "lobbyId": "main"})
+            assert client.recv()["type"] == "lobbySubscribed"
+        with RawClient(f"ws://127.0.0.1:{port}/ws") as stranger:
+            assert stranger.auth("not-a-dev-token")["success"] is False
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        assert proc.stdout is not None
+        printed = proc.stdout.read()
+        assert "DEVELOPMENT TOKENS" in printed and "dev-token-alice (alice)" in printed
+        assert "dev-token-bob (bob)" in printed and "loopback only" in printed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -136,11 +136,11 @@ ANSWERS_07: dict[int, list[str]] = {
     42: ["error:invalid_presence"],
     45: ["error:invalid_presence"],
     48: ["error:invalid_presence"],
-    51: ["presence:leave"],  # nil data clears presence: a leave, where Kraken sent nil
+    51: ["presence:update"],  # nil data: an update to nil, as Kraken (issue 14)
     55: ["error:invalid_presence"],  # holds a bin (and an int key)
     59: ["error:invalid_message"],  # invalid JSON: Kraken closed with 1011
-    66: ["auth"],  # P2's auth: here a second auth on the same, still open socket
-    68: ["presence:join", "presence:update"],
+    66: ["auth"],  # P2's auth: here a second auth (same token) on the still open socket
+    68: ["presence:update"],
     74: ["error:invalid_presence"],  # non-UTF-8 bin: Kraken crashed every receiver
     89: ["auth"],
     92: ["error:message_too_large"],  # presence: Kraken broadcast it
@@ -201,10 +201,9 @@ def test_every_frame_of_transcript_07_gets_a_defined_answer(
     assert [(kind(f), f["data"]["actor_token_id"]) for f in observed] == [
         ("presence:join", "actor-031"),
         ("presence:update", "actor-031"),  # seq 31
-        ("presence:leave", "actor-031"),  # 66: the second auth ended the old session
-        ("presence:join", "actor-031"),
-        ("presence:update", "actor-031"),  # 68
-        ("presence:leave", "actor-031"),  # 89
+        ("presence:update", "actor-031"),  # 51: nil data
+        ("presence:update", "actor-031"),  # 68 (66, a second auth, changed nothing)
+        ("presence:leave", "actor-031"),  # 101: closed with 1009
     ]
 
     # R: 55 presence frames as fast as possible, then 55 publishes.

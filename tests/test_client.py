@@ -23,6 +23,9 @@ from nolag import (
 )
 from nolag.broker import EmbeddedBroker
 
+# issue 14: presence, lobby and reconnect paths run against both broker modes
+pytestmark = pytest.mark.both_brokers
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -158,6 +161,9 @@ def test_newcomer_learns_who_was_already_there(broker: EmbeddedBroker) -> None:
             assert joined_at is not None and joined_at.joined_at is not None
 
 
+@pytest.mark.local_extension(
+    "project-level (roomless) presence is a local extension; Kraken ignores it"
+)
 def test_project_level_presence_reaches_every_socket_of_the_project(
     broker: EmbeddedBroker,
 ) -> None:

@@ -20,6 +20,10 @@ from nolag import (
 )
 from nolag.broker import EmbeddedBroker
 
+# issue 14: fetch paths against both broker modes (Kraken mode has no REST endpoint, so
+# the SDK's socket fallback runs there)
+pytestmark = pytest.mark.both_brokers
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -48,6 +52,7 @@ def no_rest() -> Iterator[str]:
         thread.join(5)
 
 
+@pytest.mark.local_extension("tests the REST presence endpoint, a local extension Kraken lacks")
 def test_fetch_presence_over_rest_returns_one_entry_per_actor(broker: EmbeddedBroker) -> None:
     with (
         connected(broker.url, TOKENS["alice"]) as a1,
@@ -79,6 +84,7 @@ def test_fetch_presence_needs_no_socket() -> None:
         assert not offline.connected
 
 
+@pytest.mark.local_extension("tests the REST presence endpoint, a local extension Kraken lacks")
 def test_rest_errors_are_typed(broker: EmbeddedBroker) -> None:
     with pytest.raises(AuthenticationError):
         NoLag("not-a-real-token", url=broker.url).fetch_presence("general", timeout=5)

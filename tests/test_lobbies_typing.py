@@ -12,6 +12,9 @@ from helpers import TOKENS, connected, wait_until
 from nolag import ActorPresence, ForbiddenError, NoLag, TypingIndicator
 from nolag.broker import EmbeddedBroker
 
+# issue 14: presence, lobby and reconnect paths run against both broker modes
+pytestmark = pytest.mark.both_brokers
+
 
 def _view(snapshot: Any) -> dict[str, dict[str, dict[str, Any]]]:
     return {

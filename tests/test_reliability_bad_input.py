@@ -244,32 +244,42 @@ def test_valid_json_text_presence_is_accepted_and_broadcast(scene: Scene) -> Non
     scene.unaffected(general=("bob",))
 
 
-def test_nil_data_clears_presence_with_a_leave_not_an_error(scene: Scene) -> None:
+def test_nil_data_is_an_update_to_nil_and_the_socket_stays_listed(scene: Scene) -> None:
+    # issue 14 point 4: as Kraken (transcript 07, seq 51-53), not a leave
     bob = scene.raw(TOKENS["bob"])
     bob.send(_presence("general", {"name": "Bob"}))
     bob.recv_type("presence")
     bob.drain(0.1)  # the update of the join + update pair
-    bob.send(_presence("general", None))  # the official SDK's clear_presence
-    leave = bob.recv_type("presence")
-    assert leave["event"] == "leave" and leave["data"]["actor_token_id"] == "bob"
+    bob.send(_presence("general", None))
+    update = bob.recv_type("presence")
+    assert update["event"] == "update" and update["data"]["actor_token_id"] == "bob"
+    assert "presence" in update["data"] and update["data"]["presence"] is None
     _still_open(bob)
-    scene.unaffected(general=("bob",), left=("bob",))
+    bob.send({"type": "getPresence", "roomId": "general"})
+    [entry] = [e for e in bob.recv_type("presenceList")["data"] if e["actorTokenId"] == "bob"]
+    assert entry["presence"] is None
+    scene.unaffected(general=("bob",))
 
 
-def test_a_bad_second_auth_ends_the_session_and_later_frames_are_not_authenticated(
+def test_a_second_auth_changes_nothing_same_token_answered_other_token_refused(
     scene: Scene,
 ) -> None:
+    # issue 14: re-sending auth refilled the rate bucket and re-broadcast leave/join/update
     bob = scene.raw(TOKENS["bob"])
     bob.send(_presence("general", {"name": "Bob"}))
     bob.recv_type("presence")
-    assert bob.auth("not-a-token", 2) == {
-        "type": "auth",
-        "success": False,
-        "error": "access_denied",
-    }
-    bob.send(_presence("general", {"name": "Bob"}))
-    assert _error(bob) == {"type": "error", "error": "not_authenticated"}
-    scene.unaffected(general=("bob",), left=("bob",))
+    bob.drain(0.1)
+    again = bob.auth(TOKENS["bob"], 2)
+    assert (again["success"], again["actorTokenId"]) == (True, "bob")
+    other = bob.auth(TOKENS["alice"], 2)
+    assert (other["success"], other["error"]) == (False, "already_authenticated")
+    assert "new connection" in other["hint"]
+    assert bob.auth("not-a-token", 2)["error"] == "already_authenticated"
+    bob.drain(0.1)  # no leave, join or update of its own either
+    bob.send({"type": "getPresence", "roomId": "general"})
+    listed = bob.recv_type("presenceList")
+    assert {e["actorTokenId"] for e in listed["data"]} == {"alice", "bob", "carol"}
+    scene.unaffected(general=("bob",))  # the join/update of the first presence only
 
 
 # ---------------------------------------------------------------- before auth

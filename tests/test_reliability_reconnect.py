@@ -22,6 +22,9 @@ import nolag
 from nolag import AuthenticationError, ConnectionState, NoLag, NoLagOptions
 from nolag.broker import EmbeddedBroker
 
+# issue 14: presence, lobby and reconnect paths run against both broker modes
+pytestmark = pytest.mark.both_brokers
+
 TESTS = Path(__file__).resolve().parent
 LIFECYCLE = ("connect", "disconnect", "reconnecting", "reconnect", "error")
 

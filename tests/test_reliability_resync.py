@@ -39,6 +39,9 @@ from nolag import ConnectionState, NoLag
 from nolag.broker import EmbeddedBroker
 from nolag.models import thaw
 
+# issue 14: presence, lobby and reconnect paths run against both broker modes
+pytestmark = pytest.mark.both_brokers
+
 TOKENS_PATH = Path(__file__).resolve().parent / "fixtures" / "tokens.json"
 ROOM = "general"
 SEED = int(os.environ.get("RELIABILITY_SEED", "20261128"))
@@ -357,6 +360,9 @@ def _data(client: NoLag, actor: str) -> Any:
     return thaw(found.presence) if found is not None else None
 
 
+@pytest.mark.local_extension(
+    "exact per-socket connection counts under churn need connectionId in events, a local extension"
+)
 def test_cache_and_event_log_match_the_truth_after_a_cut(
     broker: EmbeddedBroker, proxy: FaultProxy
 ) -> None:
@@ -495,6 +501,9 @@ def test_cache_and_event_log_match_the_truth_after_a_broker_kill_and_restart() -
             _reap(proc)
 
 
+@pytest.mark.local_extension(
+    "telling which tab set its data last needs updateSeq / connectionId in lists, local extensions"
+)
 def test_two_tabs_with_different_data_show_the_data_set_last_after_a_reconnect(
     broker: EmbeddedBroker, proxy: FaultProxy
 ) -> None:

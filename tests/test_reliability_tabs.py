@@ -12,12 +12,17 @@ import time
 from typing import Any
 
 import msgpack
+import pytest
 from helpers import TOKENS, wait_until
 from rawclient import RawClient
 
 from nolag import NoLag, protocol
 from nolag.broker import EmbeddedBroker
 from nolag.models import thaw
+
+# issue 14: several sockets per actor, against both broker modes (Kraken's events do not
+# name the socket: one leave per closing tab, for an actor maybe still present)
+pytestmark = pytest.mark.both_brokers
 
 ROOM = "general"
 
@@ -100,6 +105,10 @@ def test_leave_event_keeps_its_connection_id() -> None:
     assert decoded.connection_id == "c-2"  # the unit view of the two failures below
 
 
+@pytest.mark.local_extension(
+    "the test's truth comes from the REST presence endpoint (an unconnected "
+    "fetch_presence), a local extension Kraken lacks"
+)
 def test_when_the_newest_tab_closes_the_remaining_tabs_data_shows(broker: EmbeddedBroker) -> None:
     observer = NoLag(TOKENS["bob"], url=broker.url)
     tabs: list[RawClient] = []
@@ -119,6 +128,10 @@ def test_when_the_newest_tab_closes_the_remaining_tabs_data_shows(broker: Embedd
             tab.close()
 
 
+@pytest.mark.local_extension(
+    "the test's truth comes from the REST presence endpoint (an unconnected "
+    "fetch_presence), a local extension Kraken lacks"
+)
 def test_no_ghost_after_every_tab_closed(broker: EmbeddedBroker) -> None:
     observer = NoLag(TOKENS["bob"], url=broker.url)
     tabs: list[RawClient] = []

@@ -15,6 +15,9 @@ import nolag
 from nolag import ActorPresence, NoLag, NoLagError, PresenceTimeoutError
 from nolag.broker import EmbeddedBroker
 
+# issue 14: presence, lobby and reconnect paths run against both broker modes
+pytestmark = pytest.mark.both_brokers
+
 
 def test_set_app_set_room_is_a_cached_context(broker: EmbeddedBroker) -> None:
     client = NoLag(TOKENS["alice"], url=broker.url)
@@ -28,6 +31,10 @@ def test_set_app_set_room_is_a_cached_context(broker: EmbeddedBroker) -> None:
         client.set_app("")
 
 
+@pytest.mark.local_extension(
+    "mixes room and project-level (roomless) presence, a local extension; Kraken "
+    "ignores roomless presence"
+)
 def test_room_context_sees_only_its_room(broker: EmbeddedBroker) -> None:
     with (
         connected(broker.url, TOKENS["alice"]) as alice,
@@ -182,6 +189,10 @@ def test_a_burst_of_set_presence_is_coalesced(broker: EmbeddedBroker) -> None:
         assert errors == []
 
 
+@pytest.mark.local_extension(
+    "the SDK paces itself by the auth reply's rateLimit key, a local extension "
+    "(Kraken sends none and does not limit presence)"
+)
 def test_a_slow_token_is_never_pushed_over_its_rate(broker: EmbeddedBroker) -> None:
     with (
         connected(broker.url, "dev-token-slow") as slow,

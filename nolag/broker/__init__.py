@@ -1,7 +1,8 @@
 """The local NoLag-compatible broker (``nolag-sync[broker]``), built on aiohttp.
 
 It speaks the real broker's wire protocol on ``/ws`` (without its defects, plus the
-compatible extensions in PROTOCOL.md), serves ``GET /v1/presence`` and ``/health``, and
+compatible extensions in PROTOCOL.md; or, with ``compat="kraken"``, exactly as the real
+broker Kraken does: docs/brokers.md), serves ``GET /v1/presence`` and ``/health``, and
 can run in a background thread (:class:`EmbeddedBroker`) or from the command line
 (:func:`main`).
 """

@@ -42,7 +42,9 @@ class EmbeddedBroker:
         tokens: Optional[TokenStore] = None,
         **config: Any,
     ) -> None:
-        """Load the tokens now (a bad file fails here); ``config`` are BrokerConfig fields."""
+        """Load the tokens now (a bad file fails here); ``config`` are BrokerConfig fields,
+        e.g. ``compat="kraken"`` (frames exactly as the real broker Kraken sends them,
+        docs/brokers.md) with ``lobby_forget_after=1.0``, or the connection limits."""
         self.config = BrokerConfig(**config)
         if tokens is None:
             if tokens_path is None and not allow_all:

@@ -19,6 +19,8 @@ UNKNOWN_TOPIC = "unknown_topic"
 INVALID_MESSAGE = "invalid_message"
 INVALID_PRESENCE = "invalid_presence"
 UNSUPPORTED = "unsupported"
+ALREADY_AUTHENTICATED = "already_authenticated"
+CONNECTION_LIMIT_REACHED = "connection_limit_reached"
 
 CODE_RATE_LIMIT = 42910
 CODE_MESSAGE_TOO_LARGE = 42930
@@ -30,6 +32,10 @@ HEARTBEAT = b""
 
 UNKNOWN_ROOM_HINT = "no room with this slug in the project (roomId takes a room slug)"
 PUBSUB_HINT = "the local broker serves presence only; publish/subscribe is not implemented"
+REAUTH_HINT = (
+    "this socket is already authenticated as another actor; open a new connection to "
+    "change identity"
+)
 
 
 def error(name: str, **extra: Any) -> Frame:
@@ -39,9 +45,10 @@ def error(name: str, **extra: Any) -> Frame:
     return frame
 
 
-def auth_ok(identity: Identity, protocol_version: int) -> Frame:
-    """The successful auth reply as the real broker shapes it, plus ``rateLimit``."""
-    return {
+def auth_ok(identity: Identity, protocol_version: int, *, kraken: bool = False) -> Frame:
+    """The successful auth reply as the real broker shapes it, plus ``rateLimit`` (not in
+    Kraken mode)."""
+    frame: Frame = {
         "type": "auth",
         "success": True,
         "actorTokenId": identity.actor_token_id,
@@ -49,14 +56,17 @@ def auth_ok(identity: Identity, protocol_version: int) -> Frame:
         "projectId": identity.project_id,
         "protocolVersion": protocol_version,
         "restoredSubscriptions": [],
-        # extension: the token's message rate, so clients can pace themselves under it
-        "rateLimit": identity.rate_limit,
     }
+    if not kraken:
+        # extension: the token's message rate, so clients can pace themselves under it
+        frame["rateLimit"] = identity.rate_limit
+    return frame
 
 
-def auth_denied() -> Frame:
-    """The refused auth reply (the socket stays open)."""
-    return {"type": "auth", "success": False, "error": ACCESS_DENIED}
+def auth_denied(error: str = ACCESS_DENIED) -> Frame:
+    """The refused auth reply: ``access_denied`` (the socket stays open), or another
+    refusal such as ``connection_limit_reached``."""
+    return {"type": "auth", "success": False, "error": error}
 
 
 def presence_event(
@@ -64,12 +74,23 @@ def presence_event(
     actor_id: str,
     conn_id: str,
     room: Optional[str],
-    presence: Optional[Mapping[str, Any]],
+    presence: Any,
+    *,
+    kraken: bool = False,
 ) -> Frame:
-    """A presence event: Kraken's snake_case ``data`` plus ``roomId`` and ``connectionId``."""
-    data: Frame = {"actor_token_id": actor_id, "connectionId": conn_id}
-    if presence is not None:
+    """A presence event: Kraken's snake_case ``data`` plus ``roomId`` and ``connectionId``.
+
+    ``presence`` is left out of a ``leave``; on ``join``/``update`` it is sent as is, nil
+    included (a ``data: nil`` presence frame is an update to nil, as Kraken does). Kraken
+    mode drops the two extension keys.
+    """
+    data: Frame = {"actor_token_id": actor_id}
+    if not kraken:
+        data["connectionId"] = conn_id
+    if event != "leave":
         data["presence"] = presence
+    if kraken:
+        return {"type": "presence", "event": event, "data": data}
     return {"type": "presence", "event": event, "roomId": room, "data": data}
 
 
@@ -77,16 +98,25 @@ def list_entry(
     actor_id: str,
     actor_type: str,
     conn_id: str,
-    presence: Mapping[str, Any],
+    presence: Any,
     joined_at: int,
     update_seq: int,
+    *,
+    kraken: bool = False,
 ) -> Frame:
     """One socket's entry in a ``presenceList`` (camelCase, as the real broker).
 
-    Extensions: ``actorType``, ``connectionId``, and ``updateSeq``, the order of the
-    socket's last presence change (larger is newer), so a client can tell which of an
-    actor's sockets set its presence last.
+    Extensions (left out in Kraken mode): ``actorType``, ``connectionId``, and
+    ``updateSeq``, the order of the socket's last presence change (larger is newer), so a
+    client can tell which of an actor's sockets set its presence last.
     """
+    if kraken:
+        return {
+            "actorTokenId": actor_id,
+            "joinedAt": joined_at,
+            "presence": presence,
+            "status": "online",
+        }
     return {
         "actorTokenId": actor_id,
         "actorType": actor_type,
@@ -98,22 +128,29 @@ def list_entry(
     }
 
 
-def presence_list(room: Optional[str], entries: Iterable[Frame]) -> Frame:
-    """The ``getPresence`` reply; ``roomId`` is nil for the project-level list."""
+def presence_list(room: Optional[str], entries: Iterable[Frame], *, kraken: bool = False) -> Frame:
+    """The ``getPresence`` reply; ``roomId`` is nil for the project-level list (left out in
+    Kraken mode, whose list without a room is always empty)."""
+    if kraken and room is None:
+        return {"type": "presenceList", "data": list(entries)}
     return {"type": "presenceList", "roomId": room, "data": list(entries)}
 
 
-def lobby_event(
-    event: str, lobby_slug: str, room: str, actor_id: str, presence: Optional[Mapping[str, Any]]
-) -> Frame:
-    """A ``lobbyPresence`` event; ``lobbyId`` is the slug the client subscribed with."""
+def lobby_event(event: str, lobby_id: str, room: str, actor_id: str, presence: Any) -> Frame:
+    """A ``lobbyPresence`` event; ``lobby_id`` is the slug the client subscribed with
+    (local mode) or the broker's internal lobby id (Kraken mode). ``data`` is ``{}`` on a
+    leave, else the presence as is (nil included)."""
+    if event == "leave":
+        data: Any = {}
+    else:
+        data = dict(presence) if isinstance(presence, Mapping) else presence
     return {
         "type": "lobbyPresence",
         "event": event,
-        "lobbyId": lobby_slug,
+        "lobbyId": lobby_id,
         "roomId": room,
         "actorId": actor_id,
-        "data": dict(presence) if presence is not None else {},
+        "data": data,
     }
 
 

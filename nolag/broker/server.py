@@ -18,7 +18,8 @@ from aiohttp import WSMsgType, web
 
 from .codec import encode
 from .config import BrokerConfig
-from .core import BrokerCore, Connection
+from .core import CLOSE_POLICY, BrokerCore, Connection
+from .guard import ConnectionGuard
 from .outbox import Outbox
 from .rest import RestPresence
 from .state import Delivery
@@ -62,6 +63,8 @@ class Session:
         self.outbox = outbox
         self.writer: Optional[asyncio.Task[None]] = None
         self.killed = False
+        self.close_reason = ""
+        """The reason sent with the handler's own close frame (e.g. ``auth_timeout: ...``)."""
 
     async def write_loop(self) -> None:
         """Send queued frames in order until the outbox is closed and drained."""
@@ -94,10 +97,23 @@ class BrokerServer:
         self._count_lock = threading.Lock()
         self._open_sockets = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.guard = ConnectionGuard(
+            upgrade_timeout=self.config.upgrade_timeout,
+            max_connections=self.config.max_connections,
+            max_per_address=self.config.max_connections_per_address,
+        )
 
     def app(self) -> web.Application:
         """The aiohttp application with its three routes."""
-        app = web.Application()
+        guard = self.guard
+
+        @web.middleware
+        async def request_arrived(request: web.Request, handler: Any) -> web.StreamResponse:
+            guard.request_started(request.protocol)  # a complete request: no upgrade deadline
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        app = web.Application(middlewares=[request_arrived])
         app.router.add_get("/ws", self.handle_ws)
         app.router.add_get("/v1/presence", self.handle_presence)
         app.router.add_get("/health", self.handle_health)
@@ -178,7 +194,7 @@ class BrokerServer:
                 headers={"Upgrade": "websocket"},
             )
         await ws.prepare(request)
-        conn = self.core.open()
+        conn = self.core.open(request.remote or "")
         session = Session(
             ws, request, conn, Outbox(self.config.max_outbox_bytes, self.config.max_outbox_frames)
         )
@@ -200,12 +216,38 @@ class BrokerServer:
         return ws
 
     async def _read_loop(self, session: Session) -> int:
-        """Feed received messages to the core until the socket ends; return the close code."""
+        """Feed received messages to the core until the socket ends; return the close code.
+
+        Before a successful auth, the wait is also bounded by the auth deadline
+        (``auth_timeout`` from the upgrade); heartbeats do not move it.
+        """
         ws, conn = session.ws, session.conn
+        loop = asyncio.get_running_loop()
+        auth_timeout = self.config.auth_timeout
+        auth_deadline = loop.time() + auth_timeout if auth_timeout > 0 else None
         while True:
+            timeout = self.config.idle_timeout
+            if auth_deadline is not None:
+                if conn.authenticated:
+                    auth_deadline = None
+                else:
+                    left = auth_deadline - loop.time()
+                    if left <= 0:
+                        logger.info(
+                            "%s: not authenticated within %g s; closing",
+                            conn.conn_id,
+                            auth_timeout,
+                        )
+                        session.close_reason = (
+                            f"auth_timeout: no successful auth within {auth_timeout:g} s"
+                        )
+                        return CLOSE_POLICY
+                    timeout = min(timeout, left)
             try:
-                msg = await ws.receive(timeout=self.config.idle_timeout)
+                msg = await ws.receive(timeout=timeout)
             except asyncio.TimeoutError:
+                if auth_deadline is not None and auth_deadline - loop.time() <= 0:
+                    continue  # the auth deadline, reported at the top of the loop
                 logger.info("%s: idle for %.1f s; closing", conn.conn_id, self.config.idle_timeout)
                 return CLOSE_NORMAL
             if (
@@ -229,6 +271,9 @@ class BrokerServer:
                     logger.info("%s: closed on protocol error (%s)", conn.conn_id, msg.data)
                 return CLOSE_NORMAL
             # PONG and anything else: activity only
+            if conn.close_request is not None:
+                code, session.close_reason = conn.close_request
+                return code
 
     async def _finish(self, session: Session, close_code: int) -> None:
         """Broadcast the socket's leaves, flush what it may still read, close it."""
@@ -244,7 +289,8 @@ class BrokerServer:
             if writer is not None and not session.killed:
                 await asyncio.wait_for(asyncio.shield(writer), self.config.close_timeout)
             if not session.ws.closed:
-                await session.ws.close(code=close_code)
+                reason = session.close_reason.encode("utf-8")[:123]  # RFC 6455's limit
+                await session.ws.close(code=close_code, message=reason)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             session.abort_transport()
         except Exception as exc:
@@ -271,7 +317,13 @@ class BrokerServer:
     # -- REST -----------------------------------------------------------------------
 
     async def handle_presence(self, request: web.Request) -> web.Response:
-        """``GET /v1/presence[?roomId=<slug>]``."""
+        """``GET /v1/presence[?roomId=<slug>]`` (404 in Kraken mode: Kraken has no such
+        endpoint, and a 404 is what tells the SDK so)."""
+        if self.config.kraken:
+            return web.json_response(
+                {"error": "not_found", "hint": "no REST presence endpoint in kraken mode"},
+                status=404,
+            )
         room = request.query.get("roomId")
         reply = self.rest.presence(request.headers.get("Authorization"), room)
         return web.json_response(reply.body, status=reply.status, headers=reply.headers)
@@ -296,8 +348,12 @@ async def serve(
         handle_signals=False,
         access_log=None,
         shutdown_timeout=config.close_timeout + 1.0,
+        # idle HTTP keep-alive connections (REST clients) between requests
+        keepalive_timeout=config.upgrade_timeout or 75.0,
     )
     await runner.setup()
+    assert runner.server is not None
+    server.guard.install(runner.server)
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

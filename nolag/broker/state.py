@@ -12,10 +12,25 @@ Semantics (the real broker's, plus the local broker's extensions):
   socket loss) sends ``leave`` to the remaining members, one per socket.
 - Room events go to the room's members; project-level events (``roomId`` nil) go to
   every authenticated socket of the project.
+- Presence data is any value the core accepted; nil is a value like any other (an
+  ``update`` to nil keeps the socket listed, as Kraken does).
 - Lobbies show presence per *actor*: an actor with several sockets in one room is one
   entry (earliest ``joinedAt``, most recently set presence); subscribers get ``join``
   when its first socket enters the room, ``update`` on every change of what they see,
   and ``leave`` only when its last socket leaves the room.
+
+Kraken mode (``Registry(kraken=True)``) drops the extension keys from every frame and
+reproduces Kraken's lobby behaviour instead (transcript 08, issue 14):
+
+- lobby events mirror the room's events socket by socket (``join`` + ``update`` on a
+  socket's first presence, ``leave`` for each socket that leaves) and carry the lobby's
+  internal id, not the slug;
+- each ``lobbySubscribe`` points every room of the lobby at that lobby, overwriting the
+  previous mapping, so of two lobbies sharing a room only the last subscribed gets its
+  events;
+- the first subscribe of a lobby whose rooms are not known yet answers an empty snapshot;
+- the lobby's rooms are forgotten ``forget_after`` seconds after its last subscribe
+  (:meth:`Registry.expire_lobbies`): ``getLobbyPresence`` then answers ``{}`` and events stop.
 """
 
 from __future__ import annotations
@@ -40,7 +55,7 @@ class Member:
     conn_id: str
     actor_id: str
     actor_type: str
-    data: Mapping[str, Any]
+    data: Any
     joined_at: int
     seq: int
     """Global order of the last set, to find an actor's most recent presence."""
@@ -52,7 +67,7 @@ class ActorSummary:
 
     actor_id: str
     actor_type: str
-    presence: Mapping[str, Any]
+    presence: Any
     joined_at: int
     connections: int
 
@@ -102,8 +117,13 @@ def summarise(members: list[Member]) -> list[ActorSummary]:
 class Registry:
     """Sockets, memberships and lobby subscriptions, mutated only through its methods."""
 
-    def __init__(self) -> None:
-        """Start empty."""
+    def __init__(self, *, kraken: bool = False) -> None:
+        """Start empty; ``kraken`` selects Kraken's frames and lobby behaviour."""
+        self.kraken = kraken
+        self._k_room_lobby: dict[RoomKey, LobbyKey] = {}
+        """Kraken mode: room → the lobby subscribed last among those holding it."""
+        self._k_lobby_seen: dict[LobbyKey, float] = {}
+        """Kraken mode: lobby → time of its last subscribe (while its rooms are known)."""
         self._conns: dict[str, _Conn] = {}
         self._project_conns: dict[str, dict[str, None]] = {}
         self._rooms: dict[RoomKey, dict[str, Member]] = {}
@@ -143,7 +163,7 @@ class Registry:
             del project[conn_id]
             if not project:
                 del self._project_presence[conn.project_id]
-            leave = frames.presence_event("leave", conn.actor_id, conn_id, None, None)
+            leave = self._event("leave", conn, None, None)
             out += [(c, leave) for c in self._project_conns[conn.project_id] if c != conn_id]
         for key in list(conn.lobbies):
             self._unsubscribe(conn, key)
@@ -154,23 +174,6 @@ class Registry:
             del self._project_conns[conn.project_id]
         return out
 
-    def clear_presence(self, conn_id: str, room: Optional[str]) -> list[Delivery]:
-        """Withdraw the socket's presence from `room` (None: project level): a ``leave``
-        to everyone who saw it, the socket included; nothing if it was not present there."""
-        conn = self._conns[conn_id]
-        if room is not None:
-            if conn.room != room:
-                return []
-            return self._leave_room(conn, include_self=True)
-        project = self._project_presence.get(conn.project_id, {})
-        if conn_id not in project:
-            return []
-        del project[conn_id]
-        if not project:
-            del self._project_presence[conn.project_id]
-        leave = frames.presence_event("leave", conn.actor_id, conn_id, None, None)
-        return [(c, leave) for c in self._project_conns[conn.project_id]]
-
     def room_of(self, conn_id: str) -> Optional[str]:
         """The slug of the room the socket is present in, if any."""
         conn = self._conns.get(conn_id)
@@ -178,14 +181,18 @@ class Registry:
 
     # -- presence -----------------------------------------------------------------
 
+    def _event(self, event: str, conn: _Conn, room: Optional[str], data: Any) -> Frame:
+        """A presence event of ``conn`` in the registry's mode."""
+        return frames.presence_event(
+            event, conn.actor_id, conn.conn_id, room, data, kraken=self.kraken
+        )
+
     def _next_seq(self) -> int:
         """A fresh, increasing sequence number."""
         self._seq += 1
         return self._seq
 
-    def set_room_presence(
-        self, conn_id: str, room: str, data: Mapping[str, Any], now: float
-    ) -> list[Delivery]:
+    def set_room_presence(self, conn_id: str, room: str, data: Any, now: float) -> list[Delivery]:
         """Set the socket's presence in ``room``, leaving its previous room first."""
         conn = self._conns[conn_id]
         out: list[Delivery] = []
@@ -196,8 +203,20 @@ class Registry:
         member = members.get(conn_id)
         if member is not None:
             member.data, member.seq = data, self._next_seq()
-            update = frames.presence_event("update", conn.actor_id, conn_id, room, data)
+            update = self._event("update", conn, room, data)
             out += [(c, update) for c in members]
+            out += self._lobby_events(key, "update", conn.actor_id, data)
+            return out
+        if self.kraken:
+            members[conn_id] = Member(
+                conn_id, conn.actor_id, conn.actor_type, data, int(now), self._next_seq()
+            )
+            conn.room = room
+            join = self._event("join", conn, room, data)
+            update = self._event("update", conn, room, data)
+            out += [(c, join) for c in members]
+            out += [(c, update) for c in members]
+            out += self._lobby_events(key, "join", conn.actor_id, data)
             out += self._lobby_events(key, "update", conn.actor_id, data)
             return out
         first_of_actor = _effective(members, conn.actor_id) is None
@@ -205,8 +224,8 @@ class Registry:
             conn_id, conn.actor_id, conn.actor_type, data, int(now), self._next_seq()
         )
         conn.room = room
-        join = frames.presence_event("join", conn.actor_id, conn_id, room, data)
-        update = frames.presence_event("update", conn.actor_id, conn_id, room, data)
+        join = self._event("join", conn, room, data)
+        update = self._event("update", conn, room, data)
         out += [(c, join) for c in members]
         out += [(c, update) for c in members]
         if first_of_actor:
@@ -220,28 +239,26 @@ class Registry:
         room, key = conn.room, (conn.project_id, conn.room)
         members = self._rooms[key]
         before = _effective(members, conn.actor_id)
-        leave = frames.presence_event("leave", conn.actor_id, conn.conn_id, room, None)
+        leave = self._event("leave", conn, room, None)
         out: list[Delivery] = [(c, leave) for c in members if include_self or c != conn.conn_id]
         gone = members.pop(conn.conn_id)
         conn.room = None
         if not members:
             del self._rooms[key]
         after = _effective(members, conn.actor_id)
-        if after is None:
+        if self.kraken or after is None:  # Kraken: a leave for every socket
             out += self._lobby_events(key, "leave", conn.actor_id, None)
         elif before is gone and after.data != gone.data:
             out += self._lobby_events(key, "update", conn.actor_id, after.data)
         return out
 
-    def set_project_presence(
-        self, conn_id: str, data: Mapping[str, Any], now: float
-    ) -> list[Delivery]:
+    def set_project_presence(self, conn_id: str, data: Any, now: float) -> list[Delivery]:
         """Set the socket's project-level presence; events go to the whole project."""
         conn = self._conns[conn_id]
         members = self._project_presence.setdefault(conn.project_id, {})
         audience = list(self._project_conns[conn.project_id])
         member = members.get(conn_id)
-        update = frames.presence_event("update", conn.actor_id, conn_id, None, data)
+        update = self._event("update", conn, None, data)
         if member is not None:
             member.data, member.seq = data, self._next_seq()
             updates: list[Delivery] = [(c, update) for c in audience]
@@ -249,7 +266,7 @@ class Registry:
         members[conn_id] = Member(
             conn_id, conn.actor_id, conn.actor_type, data, int(now), self._next_seq()
         )
-        join = frames.presence_event("join", conn.actor_id, conn_id, None, data)
+        join = self._event("join", conn, None, data)
         out: list[Delivery] = [(c, join) for c in audience]
         return out + [(c, update) for c in audience]
 
@@ -283,19 +300,47 @@ class Registry:
             }
         return out
 
-    def lobby_subscribe(self, conn_id: str, view: LobbyView) -> dict[str, dict[str, Frame]]:
-        """Subscribe the socket to a lobby of its project and return the snapshot."""
+    def lobby_subscribe(
+        self, conn_id: str, view: LobbyView, now: float = 0.0
+    ) -> dict[str, dict[str, Frame]]:
+        """Subscribe the socket to a lobby of its project and return the snapshot.
+
+        ``now`` (monotonic seconds) matters in Kraken mode only: it restarts the lobby's
+        forget timer (see :meth:`expire_lobbies`).
+        """
         conn = self._conns[conn_id]
         if view.project_id != conn.project_id:
             raise ValueError("a socket may only subscribe to lobbies of its own project")
         key = (view.project_id, view.lobby_id)
         conn.lobbies[key] = view.slug
         self._lobby_subs.setdefault(key, {})[conn_id] = None
+        if self.kraken:
+            known = key in self._lobby_rooms
+            self._lobby_rooms[key] = view.rooms
+            self._k_lobby_seen[key] = now
+            for room in view.rooms:
+                self._k_room_lobby[(view.project_id, room)] = key  # the last one wins
+            return self.lobby_presence(view) if known else {}
         if key not in self._lobby_rooms:
             self._lobby_rooms[key] = view.rooms
             for room in view.rooms:
                 self._room_lobbies.setdefault((view.project_id, room), {})[key] = None
         return self.lobby_presence(view)
+
+    def lobby_known(self, view: LobbyView) -> bool:
+        """Kraken mode: True while the broker still knows the lobby's rooms."""
+        return (view.project_id, view.lobby_id) in self._lobby_rooms
+
+    def expire_lobbies(self, now: float, forget_after: float) -> None:
+        """Kraken mode: forget the rooms of lobbies not subscribed for ``forget_after`` s."""
+        for key, seen in list(self._k_lobby_seen.items()):
+            if now - seen < forget_after:
+                continue
+            del self._k_lobby_seen[key]
+            for room in self._lobby_rooms.pop(key, ()):
+                room_key = (key[0], room)
+                if self._k_room_lobby.get(room_key) == key:
+                    del self._k_room_lobby[room_key]
 
     def lobby_unsubscribe(self, conn_id: str, lobby_id: str) -> None:
         """Drop the socket's subscription to a lobby (a no-op when not subscribed)."""
@@ -312,6 +357,8 @@ class Registry:
         if subs:
             return
         del self._lobby_subs[key]
+        if self.kraken:
+            return  # Kraken keeps the lobby's rooms until its forget timer runs out
         for room in self._lobby_rooms.pop(key):
             lobbies = self._room_lobbies[(key[0], room)]
             del lobbies[key]
@@ -319,10 +366,18 @@ class Registry:
                 del self._room_lobbies[(key[0], room)]
 
     def _lobby_events(
-        self, room_key: RoomKey, event: str, actor_id: str, data: Optional[Mapping[str, Any]]
+        self, room_key: RoomKey, event: str, actor_id: str, data: Any
     ) -> list[Delivery]:
-        """A ``lobbyPresence`` event to every subscriber of every lobby holding the room."""
+        """A ``lobbyPresence`` event to every subscriber of every lobby holding the room
+        (Kraken mode: of the one lobby the room points at, with its internal id)."""
         out: list[Delivery] = []
+        if self.kraken:
+            target = self._k_room_lobby.get(room_key)
+            subs = self._lobby_subs.get(target, {}) if target is not None else {}
+            if target is None or not subs:
+                return out
+            event_frame = frames.lobby_event(event, target[1], room_key[1], actor_id, data)
+            return [(conn_id, event_frame) for conn_id in subs]
         for key in self._room_lobbies.get(room_key, {}):
             by_slug: dict[str, Frame] = {}
             for conn_id in self._lobby_subs[key]:
