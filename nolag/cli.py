@@ -312,7 +312,11 @@ def connect_failure(url: str, exc: BaseException) -> str:
     not repeated. An OSError's "[Errno N] " prefix is dropped.
     """
     reason = str(exc) or type(exc).__name__
-    for prefix in (f"cannot connect to {url}: ", f"cannot reach {url}: "):
+    for prefix in (
+        f"cannot connect to {url}: ",
+        f"cannot reach {url}: ",
+        f"cannot open a WebSocket to {url}: ",
+    ):
         if reason.startswith(prefix):
             reason = reason[len(prefix) :]
     reason = re.sub(r"^\[Errno -?\d+\] ", "", reason)

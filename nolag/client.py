@@ -540,10 +540,11 @@ class NoLag:
         timeout = self._timeout(timeout, self.options.request_timeout, "timeout")
         deadline = time.monotonic() + timeout
         if self._rest_available is not False:
+            log.debug("client #%d: fetching room %r over REST", self._number, room)
             try:
                 entries = self._rest.fetch_presence(room, timeout)
             except NoRestEndpoint:
-                log.info("nolag: no REST presence endpoint; fetching over the socket")
+                log.debug("no REST presence endpoint; fetching over the socket")
                 self._rest_available = False
             else:
                 self._rest_available = True
@@ -585,6 +586,7 @@ class NoLag:
                 return
             if channel is not self._res.channel or self._closing.is_set():
                 return
+            log.debug("client #%d: connection lost: %s", self._number, error)
             self._res.channel = None
             self._cancel_timer()
             self._carry(self._session.lost(error, now))
@@ -625,6 +627,7 @@ class NoLag:
             if reply is not None:
                 reply.resolve(result, error)
         if fx.drop is not None and channel is not None:
+            log.debug("client #%d: dropping the connection: %s", self._number, fx.drop)
             channel.abort(fx.drop)
         if fx.ended:
             self._cancel_timer()
@@ -684,7 +687,9 @@ class NoLag:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ConnectionError(f"no time left to connect to {opts.url}")
+        log.debug("client #%d: opening %s (%.1fs left)", self._number, opts.url, remaining)
         transport = open_websocket(opts.url, remaining, self._schedule, opts.max_message_bytes)
+        log.debug("client #%d: WebSocket open; authenticating", self._number)
         opening = _Opening()
         with self._lock:
             self._opening = opening
@@ -720,6 +725,14 @@ class NoLag:
                 old = self._res.channel
                 self._carry(self._session.reopened(now))
             self._res.channel = opening.channel
+            log.debug(
+                "client #%d: authenticated as %r (project %r, protocol %d)%s",
+                self._number,
+                auth.actor_token_id,
+                auth.project_id,
+                auth.protocol_version,
+                "; connection swapped" if silent else "",
+            )
             self._carry(self._session.opened(auth, now, silent=silent))
             if opening.leftover:
                 self._carry(self._session.receive(opening.leftover, now, self._listening()))
@@ -761,7 +774,7 @@ class NoLag:
                 old.abort("the token was refused on a reopen")  # the loss ends the session
             return
         except (NoLagError, OSError) as err:
-            log.info("nolag: could not reopen the connection: %s", err)
+            log.info("could not reopen the connection: %s", err)
             if old is not None:
                 old.abort(f"could not reopen: {err}")  # reconnects without the presence
             return
@@ -836,7 +849,7 @@ class NoLag:
                 "create a new client in the child (or use fork_policy='reconnect')"
             )
         self._fork_pending = False
-        log.info("nolag: forked child %d reconnects with its own socket", self._pid)
+        log.info("forked child %d reconnects with its own socket", self._pid)
         self.connect()
 
     def _reset_after_fork(self) -> None:

@@ -180,9 +180,7 @@ class Dispatcher:
         if thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
-                log.warning(
-                    "nolag: dispatcher did not stop within %.1fs (a callback blocks)", timeout
-                )
+                log.warning("dispatcher did not stop within %.1fs (a callback blocks)", timeout)
         self._thread = None
 
     @property
@@ -233,11 +231,11 @@ class Dispatcher:
     def _failed(self, registry: Registry, event: str, exc: Exception) -> None:
         """A handler raised: log it and tell the `error` handlers (not an error handler's own)."""
         self.handler_errors += 1
-        log.exception("nolag: a %r handler raised", event, exc_info=exc)
+        log.exception("a %r handler raised", event, exc_info=exc)
         if event == "error" and registry is self._registry:
             return
         for on_error in self._registry.handlers("error"):
             try:
                 on_error(exc)
             except Exception:
-                log.exception("nolag: an 'error' handler raised")
+                log.exception("an 'error' handler raised")

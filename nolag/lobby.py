@@ -253,7 +253,7 @@ class LobbyBook:
             candidates = [s for s in candidates if room in s.known_rooms] or candidates
         if len(candidates) > 1:
             log.debug(
-                "nolag: lobby event for %r (room %r) could be any of %s; delivered to each",
+                "lobby event for %r (room %r) could be any of %s; delivered to each",
                 lobby_id,
                 room,
                 ", ".join(s.slug for s in candidates),

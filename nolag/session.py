@@ -374,7 +374,7 @@ class Session:
         if isinstance(error, AuthenticationError):
             self._end(fx, "ended", error, report=True)
             return fx
-        log.info("nolag: reconnect attempt %d failed: %s", self._attempt, error)
+        log.info("reconnect attempt %d failed: %s", self._attempt, error)
         self._go("failed")
         self._schedule_reconnect(fx)
         return fx
@@ -469,6 +469,7 @@ class Session:
             opts.reconnect_initial_delay * opts.reconnect_factor ** (self._attempt - 1),
         )
         delay = self._rng.uniform(0, cap)  # full jitter
+        log.debug("reconnect attempt %d in %.2fs (backoff cap %.2fs)", self._attempt, delay, cap)
         fx.events.append(Lifecycle("reconnecting", (self._attempt, delay)))
         fx.reconnect_in = delay
 
@@ -525,7 +526,7 @@ class Session:
                 return fx
             if now >= self._probe_due:
                 silent_for = now - self._last_rx
-                log.warning("nolag: no frame from the server for %.1fs; reconnecting", silent_for)
+                log.warning("no frame from the server for %.1fs; reconnecting", silent_for)
                 fx.drop = f"no frame from the server for {silent_for:.1f}s"
                 self._dropping = True
                 return fx
@@ -622,6 +623,7 @@ class Session:
             self._emit(self.store.drop_room(self._socket_room), fx)
             if self._room_confirmed:
                 self._stale_room_leaves += 1
+        log.debug("own presence moves to room %r (from %r)", room, self._socket_room)
         self._socket_room = room
         self._room_confirmed = False
         if not self.options.sync_on_join or room in self._oversize_rooms:
@@ -648,7 +650,7 @@ class Session:
             f"({self.options.max_message_bytes} bytes): the cache of {where} is no longer "
             "synced over the socket (raise max_message_bytes, or use fetch_presence())"
         )
-        log.warning("nolag: %s", error)
+        log.warning("%s", error)
         fx.events.append(Lifecycle("error", (error,)))
 
     # ------------------------------------------------------------ requests
@@ -661,6 +663,7 @@ class Session:
         if self.state is not State.CONNECTED:
             raise NotConnectedError(f"{_what(key)} needs a connection: call connect() first")
         rid = next(self._rids)
+        log.debug("request %d: %s", rid, _what(key))
         self._pending.append(_Pending(key, self.store.mark(), rid))
         fx.frames.append(frame)
         return rid
@@ -671,6 +674,7 @@ class Session:
 
     def abandon(self, rid: int) -> None:
         """The caller of request `rid` gave up: its late reply is consumed, never reused."""
+        log.debug("request %d abandoned by its caller; a late reply will be dropped", rid)
         for pending in self._pending:
             if pending.rid == rid:
                 pending.abandoned = True
@@ -797,7 +801,7 @@ class Session:
             self._apply_error(frame, now, fx)
         elif isinstance(frame, protocol.ProtocolError):
             self.stats.protocol_errors += 1
-            log.debug("nolag: ignored a bad frame: %s", frame.reason)
+            log.debug("ignored a bad frame: %s", frame.reason)
         elif isinstance(frame, protocol.PresenceEvent):  # pragma: no cover - hot path above
             self._emit(self._apply_event(frame, now), fx)
 
@@ -865,7 +869,7 @@ class Session:
             assert frame.room is not None
             self._refuse_room(frame.room)
             log.warning(
-                "nolag: the server refused this client's presence in room %r: %s",
+                "the server refused this client's presence in room %r: %s",
                 frame.room,
                 error,
             )
@@ -882,7 +886,7 @@ class Session:
                 state = self.lobbies.lobbies.get(pending.key[1] or "")
                 if state is not None:
                     state.forget()  # a re-subscription refused after a reconnect
-            log.info("nolag: server error: %s", error)
+            log.info("server error: %s", error)
         fx.events.append(Lifecycle("error", (error,)))
 
     def _refuse_room(self, room: str) -> None:

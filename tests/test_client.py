@@ -438,3 +438,18 @@ def test_a_type_checker_sees_the_constructor_s_options(tmp_path: Path) -> None:
     errors = [line for line in out.splitlines() if "error:" in line]
     assert status == 1 and len(errors) == 2, out
     assert "use.py:3:" in errors[0] and "use.py:4:" in errors[1], out
+
+
+def test_debug_logs_tell_a_session_s_story_and_info_stays_quiet(
+    broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="nolag")
+    with connected(broker.url, TOKENS["alice"]) as alice:
+        alice.set_presence({"a": 1}, room="general")
+        alice.fetch_presence(room="general", timeout=5)
+    mine = [r for r in caplog.records if r.name == "nolag"]
+    text = "\n".join(r.getMessage() for r in mine)
+    for needle in ("opening ws://", "authenticated as 'alice'", "moves to room 'general'"):
+        assert needle in text, text
+    assert not [r for r in mine if r.levelno >= logging.INFO], text  # a normal session
+    assert not any(r.getMessage().startswith("nolag:") for r in mine)  # no repeated prefix

@@ -188,7 +188,7 @@ def _bad_frames(records: list[logging.LogRecord]) -> int:
     return sum(
         1
         for r in records
-        if r.levelno == logging.DEBUG and r.getMessage().startswith("nolag: ignored a bad frame")
+        if r.levelno == logging.DEBUG and r.getMessage().startswith("ignored a bad frame")
     )
 
 

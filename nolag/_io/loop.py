@@ -349,7 +349,7 @@ class Loop:
                 try:
                     owner.on_lost(channel, error, time.monotonic())
                 except Exception:
-                    log.exception("nolag: unexpected error handling a lost connection")
+                    log.exception("unexpected error handling a lost connection")
 
     def _read(self, channel: Channel, now: float) -> None:
         try:
@@ -358,7 +358,7 @@ class Loop:
             self._end(channel, exc, channel._closing_at is None)
             return
         except Exception as exc:  # never let one connection stop the others
-            log.exception("nolag: unexpected error reading the socket")
+            log.exception("unexpected error reading the socket")
             self._end(channel, ConnectionClosedError(str(exc) or type(exc).__name__), True)
             return
         if getattr(channel.transport, "control", None):
@@ -370,7 +370,7 @@ class Loop:
         try:
             owner.on_frames(channel, batch, now)
         except Exception:
-            log.exception("nolag: unexpected error applying frames; dropping the connection")
+            log.exception("unexpected error applying frames; dropping the connection")
             self._end(channel, ConnectionClosedError("internal error applying frames"), True)
 
     def _write(self, channel: Channel, now: float) -> None:
@@ -399,7 +399,7 @@ class Loop:
             since = channel._stalled_since
             if since is not None and now - since >= channel.write_timeout:
                 log.warning(
-                    "nolag: the server has read nothing for %.1fs; dropping the connection",
+                    "the server has read nothing for %.1fs; dropping the connection",
                     now - since,
                 )
                 self._end(
@@ -434,7 +434,7 @@ class Loop:
                 try:
                     fn(*args)
                 except Exception:
-                    log.exception("nolag: a loop call failed")
+                    log.exception("a loop call failed")
             for channel in writes:
                 self._write(channel, now)
             with self._lock:
@@ -447,7 +447,7 @@ class Loop:
             try:
                 ready = self._selector.select(timeout)
             except (OSError, ValueError):  # pragma: no cover - a closed fd slipped in
-                log.exception("nolag: the loop's select failed")
+                log.exception("the loop's select failed")
                 continue
             now = time.monotonic()
             again: list[Channel] = []
@@ -483,7 +483,7 @@ class Loop:
             try:
                 handle.fn(*handle.args)
             except Exception:
-                log.exception("nolag: a timed task failed")
+                log.exception("a timed task failed")
 
 
 _loop = PerProcess(Loop, Loop.abandon)

@@ -218,7 +218,7 @@ class WebSocketTransport:
         try:
             events = self._reader.feed(data)
         except WebSocketViolation as exc:
-            log.warning("nolag: the server broke the WebSocket framing: %s", exc)
+            log.warning("the server broke the WebSocket framing: %s", exc)
             self.control.append(self.close_frame(exc.code))
             raise ConnectionClosedError(
                 f"protocol violation by the server: {exc}", code=exc.code

@@ -71,13 +71,13 @@ class ProcessLocalClient:
                 raise NoLagError("this presence client was closed")
             client = self._client
             if client is not None and client.status is ConnectionState.DISCONNECTED:
-                log.warning("nolag: the presence client gave up; connecting a new one")
+                log.warning("the presence client gave up; connecting a new one")
                 client.disconnect()
                 client = self._client = None
             if client is None:
                 client = self._factory()
                 self._client = client
-                log.info("nolag: presence client %r ready in process %d", client, self._pid)
+                log.info("presence client %r ready in process %d", client, self._pid)
             return client
 
     def close(self) -> None:
@@ -115,7 +115,7 @@ def _close_at_exit() -> None:
         try:
             holder.reset()
         except Exception:  # pragma: no cover - best effort at exit
-            log.debug("nolag: closing a presence client at exit failed", exc_info=True)
+            log.debug("closing a presence client at exit failed", exc_info=True)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
@@ -196,7 +196,7 @@ class PresenceSettings:
             message = f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(cls.KEYS)}"
             if strict:
                 raise ValueError(message)
-            log.warning("nolag: %s", message)
+            log.warning("%s", message)
         token = mapping.get("TOKEN") or os.environ.get("NOLAG_TOKEN")
         if not token:
             raise ValueError(f"{source}: no TOKEN given and NOLAG_TOKEN is not set")
@@ -306,7 +306,7 @@ class PresenceService:
         try:
             expected = {a.actor_token_id for a in client.fetch_presence(room, timeout=timeout)}
         except NoLagError as exc:
-            log.info("nolag: could not warm up the presence cache: %s", exc)
+            log.info("could not warm up the presence cache: %s", exc)
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -316,7 +316,7 @@ class PresenceService:
             if expected <= {a.actor_token_id for a in cached}:
                 return
             time.sleep(0.01)
-        log.info("nolag: presence cache still missing actors after %.1fs", timeout)
+        log.info("presence cache still missing actors after %.1fs", timeout)
 
     def _fetch(self, client: NoLag, room: str) -> list[ActorPresence]:
         """The server's list for a room the client is not in, reused for fetch_ttl seconds."""
