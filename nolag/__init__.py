@@ -20,7 +20,7 @@ from nolag.errors import (
     ServerError,
 )
 from nolag.lobby import Lobby
-from nolag.models import ActorPresence, ConnectionState, NoLagOptions
+from nolag.models import ActorPresence, ConnectionState, ConnectionStatus, NoLagOptions
 from nolag.rooms import App, Room
 from nolag.typing_indicator import TypingIndicator
 
@@ -32,6 +32,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionError",
     "ConnectionState",
+    "ConnectionStatus",
     "ForbiddenError",
     "Lobby",
     "NoLag",

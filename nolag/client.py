@@ -389,6 +389,16 @@ class NoLag:
         """
         return self._events.on(event, handler)
 
+    @overload
+    def once(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def once(self, event: str, handler: H) -> H: ...
+
+    def once(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
+        """Like on(), for the next event only (as the official SDKs' ``once``)."""
+        return self._events.once(event, handler)
+
     def off(self, event: str, handler: Optional[Handler] = None) -> None:
         """Unregister one callback, or every callback of the event when handler is None."""
         self._events.off(event, handler)
@@ -421,7 +431,9 @@ class NoLag:
 
     # ------------------------------------------------------------ presence
 
-    def set_presence(self, data: Mapping[str, Any], room: Optional[str] = None) -> None:
+    def set_presence(
+        self, data: Mapping[str, Any], room: Optional[str] = None, *, room_id: Optional[str] = None
+    ) -> None:
         """Announce this client's presence in `room` (default: options.default_room, else project).
 
         Raises TypeError (naming the key) for data that is not a mapping of JSON-like values,
@@ -429,13 +441,14 @@ class NoLag:
         A connection holds presence in one room at a time: a new room replaces the old one.
         Bursts are coalesced (latest wins) to at most options.max_presence_rate frames a
         second. Called before connect() or while reconnecting, it is sent once connected.
-        Never blocks: the frame is queued for the loop thread.
+        Never blocks: the frame is queued for the loop thread. `room_id` is the official
+        SDKs' name for `room`.
         """
         self._check_fork()
         if self.options.observer:
             raise NoLagError("this client is an observer (observer=True): it never sets presence")
         plain, _ = protocol.validate_presence_data(data, self.options.max_presence_bytes)
-        room = self._room_arg(room)
+        room = self._room_arg(_either(room, room_id))
         with self._lock:
             self._carry(self._session.set_presence(plain, room, time.monotonic()))
 
@@ -461,12 +474,16 @@ class NoLag:
             own = self._session.own_presence(room)
         return None if own is None else freeze(own)
 
-    def get_all_presence(self, room: Optional[str] = None) -> Sequence[ActorPresence]:
+    def get_all_presence(
+        self, room: Optional[str] = None, *, room_id: Optional[str] = None
+    ) -> Sequence[ActorPresence]:
         """Everyone in the local cache (one entry per actor and room), or one room's members.
 
-        Returns an immutable tuple; the same object while nothing changed.
+        Returns an immutable tuple; the same object while nothing changed. `room_id` is the
+        official SDKs' name for `room`.
         """
         self._check_fork()
+        room = _either(room, room_id)
         with self._lock:
             return self._session.snapshot(room)
 
@@ -525,7 +542,11 @@ class NoLag:
                     self._changed.wait(remaining)
 
     def fetch_presence(
-        self, room: Optional[str] = None, timeout: Optional[float] = None
+        self,
+        room: Optional[str] = None,
+        timeout: Optional[float] = None,
+        *,
+        room_id: Optional[str] = None,
     ) -> list[ActorPresence]:
         """Ask the server for the authoritative list (one entry per actor) and block for it,
         `timeout` seconds at most for the whole call (default: options.request_timeout).
@@ -533,10 +554,11 @@ class NoLag:
         Uses the REST endpoint (GET /v1/presence); a server without one (HTTP 404) is asked
         over the socket instead, within the same deadline. Rooms default to
         options.default_room. Raises PresenceTimeoutError, AuthenticationError (401),
-        ForbiddenError (403) or RateLimitError (429, with retry_after).
+        ForbiddenError (403) or RateLimitError (429, with retry_after). `room_id` is the
+        official SDKs' name for `room`.
         """
         self._check_fork()
-        room = self._room_arg(room)
+        room = self._room_arg(_either(room, room_id))
         timeout = self._timeout(timeout, self.options.request_timeout, "timeout")
         deadline = time.monotonic() + timeout
         if self._rest_available is not False:
@@ -875,6 +897,15 @@ class NoLag:
         for state in old.lobbies.subscribed():
             self._session.lobbies.get(state.slug).subscribed = True
         self._fork_pending = was_active
+
+
+def _either(room: Optional[str], room_id: Optional[str]) -> Optional[str]:
+    """`room`, or the official SDKs' `room_id` spelling of it (not both, unless equal)."""
+    if room_id is None:
+        return room
+    if room is not None and room != room_id:
+        raise TypeError(f"give room or room_id, not both ({room!r} and {room_id!r})")
+    return room_id
 
 
 class _LobbyPort:

@@ -97,17 +97,47 @@ class Registry:
         self._add(event, handler)
         return handler
 
+    @overload
+    def once(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def once(self, event: str, handler: H) -> H: ...
+
+    def once(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
+        """Register `handler` for the next `event` only; without a handler, a decorator.
+
+        ``off(event, handler)`` removes it before it ran.
+        """
+        self._check_event(event)
+
+        def register(func: H) -> H:
+            def fire(*args: Any) -> Any:
+                self._remove(event, fire)
+                return func(*args)
+
+            fire.__wrapped__ = func  # type: ignore[attr-defined]  # off() finds it by func
+            self._add(event, fire)
+            return func
+
+        return register if handler is None else register(handler)
+
     def off(self, event: str, handler: Optional[Handler] = None) -> None:
         """Remove one handler of `event`, or all of them when handler is None."""
         self._check_event(event)
-        with self._lock:
-            if handler is None:
+        if handler is None:
+            with self._lock:
                 self._handlers.pop(event, None)
-                return
+            return
+        self._remove(event, handler)
+
+    def _remove(self, event: str, handler: Handler) -> None:
+        """Remove the first registration of `handler` (or of a once() wrapper of it)."""
+        with self._lock:
             current = self._handlers.get(event, ())
-            if handler in current:
-                index = current.index(handler)
-                self._handlers[event] = current[:index] + current[index + 1 :]
+            for index, registered in enumerate(current):
+                if registered is handler or getattr(registered, "__wrapped__", None) is handler:
+                    self._handlers[event] = current[:index] + current[index + 1 :]
+                    return
 
     def handlers(self, event: str) -> tuple[Handler, ...]:
         """The callbacks of `event` right now (an immutable tuple)."""

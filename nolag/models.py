@@ -12,6 +12,7 @@ import attrs
 __all__ = [
     "ActorPresence",
     "ConnectionState",
+    "ConnectionStatus",
     "FrozenDict",
     "NoLagOptions",
     "freeze",
@@ -185,6 +186,10 @@ class ConnectionState(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+#: the official SDKs' name for `ConnectionState`
+ConnectionStatus = ConnectionState
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -453,3 +453,30 @@ def test_debug_logs_tell_a_session_s_story_and_info_stays_quiet(
         assert needle in text, text
     assert not [r for r in mine if r.levelno >= logging.INFO], text  # a normal session
     assert not any(r.getMessage().startswith("nolag:") for r in mine)  # no repeated prefix
+
+
+def test_porting_from_the_official_sdk_once_room_id_and_connection_status(
+    broker: EmbeddedBroker,
+) -> None:
+    assert nolag.ConnectionStatus is ConnectionState
+    with (
+        connected(broker.url, TOKENS["alice"]) as alice,
+        connected(broker.url, TOKENS["bob"]) as bob,
+    ):
+        seen: list[Any] = []
+        bob.once("presence:update", lambda a: seen.append(a.presence["n"]))
+        dropped = bob.once("presence:update", lambda a: seen.append(("never", a)))
+        bob.off("presence:update", dropped)  # off() finds a once() handler by itself
+        bob.set_presence({"b": 1}, room_id="general")
+        alice.set_presence({"n": 1}, room_id="general")
+        wait_until(lambda: bob.get_presence("alice", "general"))
+        alice.set_presence({"n": 2}, room="general")
+        wait_until(lambda: bob.get_presence("alice", "general").presence == {"n": 2})  # type: ignore[union-attr]
+        alice.set_presence({"n": 3}, room="general")
+        wait_until(lambda: bob.get_presence("alice", "general").presence == {"n": 3})  # type: ignore[union-attr]
+        bob.disconnect()  # runs what the dispatcher still holds
+        assert seen in ([2], [1]) and len(seen) == 1  # once: the first update only
+        assert [a.actor_token_id for a in bob.get_all_presence(room_id="general")] == []
+        with pytest.raises(TypeError, match="room or room_id, not both"):
+            alice.get_all_presence("general", room_id="random")
+        assert {a.actor_token_id for a in alice.fetch_presence(room_id="general")} >= {"alice"}
