@@ -60,8 +60,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Optional
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from .models import ActorPresence, FrozenDict, actor_presence, freeze
 from .protocol import PresenceEntry, PresenceEvent, PresenceList
@@ -73,6 +73,7 @@ __all__ = [
     "PresenceStore",
     "PublicEvent",
     "frozen_data",
+    "merge_sockets",
     "public_event",
     "same_data",
 ]
@@ -102,6 +103,24 @@ class PublicEvent(NamedTuple):
     actor: ActorPresence
     room: Optional[str] = None
     previous: Optional[ActorPresence] = None
+
+
+_Entry = TypeVar("_Entry")
+
+
+def merge_sockets(
+    entries: Iterable[_Entry], actor: Callable[[_Entry], str], order: Callable[[_Entry], Any]
+) -> list[tuple[str, _Entry, list[_Entry]]]:
+    """Fold per-socket entries into one group per actor, in first-seen order.
+
+    Each group is (actor id, the entry whose presence shows -- the largest `order`, i.e.
+    the socket that set its presence last --, every entry of the actor). The one rule,
+    used by the client (`merge_entries`) and the local broker (lists and REST answers).
+    """
+    grouped: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        grouped.setdefault(actor(entry), []).append(entry)
+    return [(actor_id, max(group, key=order), group) for actor_id, group in grouped.items()]
 
 
 def public_event(

@@ -51,7 +51,7 @@ from nolag.errors import (
 from nolag.events import Item, Lifecycle, LobbyEvent
 from nolag.lobby import LobbyBook, LobbyState
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions
-from nolag.presence import PresenceStore, PublicEvent
+from nolag.presence import PresenceStore, PublicEvent, merge_sockets
 from nolag.ratelimit import TokenBucket
 
 __all__ = [
@@ -200,12 +200,12 @@ def merge_entries(
     (the local broker's updateSeq, else the latest joinedAt), and `connections` counts
     the sockets.
     """
-    grouped: dict[str, list[protocol.PresenceEntry]] = {}
-    for entry in entries:
-        grouped.setdefault(entry.actor_token_id, []).append(entry)
     actors = []
-    for actor_id, group in grouped.items():
-        newest = max(group, key=lambda e: (e.update_seq or 0, e.joined_at or 0))
+    for actor_id, newest, group in merge_sockets(
+        entries,
+        actor=lambda e: e.actor_token_id,
+        order=lambda e: (e.update_seq or 0, e.joined_at or 0),
+    ):
         times = [e.joined_at for e in group if e.joined_at is not None]
         actors.append(
             ActorPresence(

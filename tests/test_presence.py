@@ -833,3 +833,14 @@ def test_lobby_reset() -> None:
     lobby.apply_snapshot(lobby_snap({"general": {"a": {}}, "random": {"b": {}}}))
     assert sorted(e.actor.actor_token_id for e in lobby.reset()) == ["a", "b"]
     assert lobby.snapshot() == {} and lobby.reset() == []
+
+
+def test_merge_sockets_groups_by_actor_in_first_seen_order_and_picks_the_newest() -> None:
+    from nolag.presence import merge_sockets
+
+    entries = [("bob", 1, "b1"), ("ann", 5, "a1"), ("bob", 3, "b2"), ("ann", 2, "a2")]
+    merged = merge_sockets(entries, actor=lambda e: e[0], order=lambda e: e[1])
+    assert [(actor, newest[2], len(group)) for actor, newest, group in merged] == [
+        ("bob", "b2", 2),
+        ("ann", "a1", 2),
+    ]

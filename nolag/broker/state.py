@@ -39,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from nolag.presence import merge_sockets
+
 from . import frames
 from .tokens import LobbyView
 
@@ -96,12 +98,10 @@ def _effective(members: Mapping[str, Member], actor_id: str) -> Optional[Member]
 
 def summarise(members: list[Member]) -> list[ActorSummary]:
     """Merge per-socket memberships into one summary per actor, in order of arrival."""
-    grouped: dict[str, list[Member]] = {}
-    for member in members:
-        grouped.setdefault(member.actor_id, []).append(member)
     out = []
-    for actor_id, group in grouped.items():
-        latest = max(group, key=lambda m: m.seq)
+    for actor_id, latest, group in merge_sockets(
+        members, actor=lambda m: m.actor_id, order=lambda m: m.seq
+    ):
         out.append(
             ActorSummary(
                 actor_id=actor_id,
