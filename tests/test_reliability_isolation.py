@@ -284,8 +284,9 @@ def test_disconnect_sends_the_last_presence_set(broker: EmbeddedBroker) -> None:
             bob.set_presence({"n": n}, room="general")
         bob.set_presence({"n": "offline"}, room="general")
         bob.disconnect(timeout=5)
-        wait_until(lambda: "offline" in seen or carol.get_presence("bob") is None, timeout=5)
-        assert "offline" in seen  # before: peers last saw call 8 of 31
+        # the update reaches carol's callbacks just after her cache (which may already
+        # show bob's leave): wait for the callback itself. Before: peers last saw call 8.
+        wait_until(lambda: "offline" in seen, timeout=5)
     finally:
         bob.disconnect(timeout=2)
         carol.disconnect(timeout=2)
