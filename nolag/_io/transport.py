@@ -149,6 +149,14 @@ def open_websocket(
         raise ConnectionError(refusal or _handshake_error(url, exc)) from exc
     finally:
         cancel()
+    status = getattr(getattr(ws, "handshake_response", None), "status", 101)
+    if status != 101:  # older websocket-client versions return a redirect as if it were open
+        refusal = _redirect_refusal(url, ws, ConnectionError(str(status)))
+        with contextlib.suppress(OSError, websocket.WebSocketException):
+            ws.shutdown()  # type: ignore[no-untyped-call]
+        raise ConnectionError(
+            refusal or f"cannot open a WebSocket to {url}: the server answered HTTP {status}"
+        )
     sock = ws.sock
     if expired.is_set() or sock is None:
         with contextlib.suppress(OSError, websocket.WebSocketException):
