@@ -21,9 +21,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import threading
 import time
-import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, overload
@@ -31,22 +29,17 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, overload
 import attrs
 
 from nolag import protocol
-from nolag._io.loop import Channel, TimerHandle, shared_loop
+from nolag._io.driver import Driver, DriverLobbyPort, release, schedule
 from nolag._io.rest import NoRestEndpoint, RestClient
-from nolag._io.transport import open_websocket
 from nolag.errors import (
-    AuthenticationError,
-    ConnectionClosedError,
-    ConnectionError,
     NoLagError,
     PresenceTimeoutError,
 )
-from nolag.events import PRESENCE_EVENTS, Dispatcher, Handler, Lifecycle, Registry
-from nolag.lobby import Lobby, LobbyState
-from nolag.models import ActorPresence, ConnectionState, NoLagOptions, freeze
-from nolag.presence import PublicEvent
+from nolag.events import Dispatcher, Handler, Registry
+from nolag.lobby import Lobby
+from nolag.models import ActorPresence, ConnectionState, NoLagOptions, check_timeout, freeze
 from nolag.rooms import App, Room
-from nolag.session import ClientStats, Effects, Session, merge_entries
+from nolag.session import ClientStats, Effects, merge_entries
 
 __all__ = ["ClientStats", "NoLag", "merge_entries"]
 
@@ -59,90 +52,6 @@ _client_numbers = iter(range(1, 1 << 62))
 
 #: "not given" for the constructor's keywords (None is a meaningful value for some)
 _UNSET: Any = object()
-
-
-class _Reply:
-    """A caller blocked on one answer (an auth reply, a list, a lobby snapshot)."""
-
-    __slots__ = ("_event", "error", "result")
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.result: Any = None
-        self.error: Optional[BaseException] = None
-
-    def resolve(self, result: Any, error: Optional[BaseException]) -> None:
-        if not self._event.is_set():
-            self.result, self.error = result, error
-            self._event.set()
-
-    def wait(self, timeout: float) -> bool:
-        return self._event.wait(max(0.0, timeout))
-
-
-class _Opening:
-    """A connection between its handshake and its auth reply: the loop hands its frames
-    here until the client adopts it."""
-
-    __slots__ = ("channel", "leftover", "reply")
-
-    def __init__(self) -> None:
-        self.channel: Optional[Channel] = None
-        self.reply = _Reply()
-        self.leftover: list[bytes] = []
-
-    def feed(self, payloads: list[bytes]) -> None:
-        """Frames before adoption: find the auth answer; keep what follows it."""
-        if self.reply._event.is_set():
-            self.leftover.extend(payloads)
-            return
-        for index, frame in enumerate(protocol.decode_frames(payloads)):
-            if isinstance(frame, protocol.AuthOk):
-                self.leftover.extend(payloads[index + 1 :])
-                self.reply.resolve(frame, None)
-                return
-            if isinstance(frame, protocol.AuthRefused):
-                self.reply.resolve(None, AuthenticationError(frame.error))
-                return
-            if isinstance(frame, protocol.ErrorFrame) and frame.error == "not_authenticated":
-                self.reply.resolve(None, AuthenticationError(frame.error))
-                return
-
-
-class _Resources:
-    """What a client holds that must be released even if it is garbage-collected
-    without disconnect() (no reference back to the client)."""
-
-    __slots__ = ("channel", "dispatcher", "timer")
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.channel: Optional[Channel] = None
-        self.timer: Optional[TimerHandle] = None
-        self.dispatcher = dispatcher
-
-
-def _release(resources: _Resources, number: int) -> None:
-    """A client was collected while connected: close its connection, end its threads."""
-    channel, resources.channel = resources.channel, None
-    if channel is None:
-        return
-    warnings.warn(
-        f"NoLag client #{number} was garbage-collected while connected; "
-        "call disconnect() (or use `with NoLag(...) as client:`)",
-        ResourceWarning,
-        stacklevel=2,
-    )
-    if resources.timer is not None:
-        resources.timer.cancel()
-    channel.close(1.0)
-    resources.dispatcher.stop(0.0)
-
-
-def _tick(ref: weakref.ref[NoLag]) -> None:
-    """The loop's timer for one client (weakly held, so a dropped client can be collected)."""
-    client = ref()
-    if client is not None:
-        client._on_timer()
 
 
 class NoLag:
@@ -215,27 +124,29 @@ class NoLag:
         _live_clients.add(self)
 
     def _setup(self) -> None:
-        """Fresh locks, session, dispatcher and connection state (also after a fork)."""
+        """A fresh dispatcher, driver (lock, session, connection) and REST client (also
+        after a fork)."""
         self._pid = os.getpid()
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)  # notified when the cache changes
-        self._session = Session(self.options, self._token)
         self._dispatcher = Dispatcher(
             f"nolag-dispatcher-{self._number}",
             self._events,
             self._room_events,
             self._lobby_events,
         )
-        self._res = _Resources(self._dispatcher)
-        self._finalizer = weakref.finalize(self, _release, self._res, self._number)
-        self._opening: Optional[_Opening] = None
-        self._replies: dict[int, _Reply] = {}
-        self._timer_at: Optional[float] = None
-        self._closing = threading.Event()
-        self._disconnected = threading.Event()
-        self._disconnected.set()
-        self._connector: Optional[threading.Thread] = None
-        self._rest = RestClient(self.options.derived_rest_url(), self._token, self._schedule)
+        self._driver = Driver(
+            self.options,
+            self._token,
+            self._number,
+            self._dispatcher,
+            self._events,
+            self._room_events,
+        )
+        self._lock = self._driver.lock
+        self._changed = self._driver.changed
+        self._session = self._driver.session
+        self._res = self._driver.res
+        self._finalizer = weakref.finalize(self, release, self._res, self._number)
+        self._rest = RestClient(self.options.derived_rest_url(), self._token, schedule)
         self._rest_available: Optional[bool] = None
         self._fork_pending = False  # set in a forked child that must reconnect on first use
 
@@ -291,26 +202,7 @@ class NoLag:
         """
         self._check_fork()
         timeout = self._timeout(timeout, self.options.connect_timeout, "timeout")
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            if self._session.connected:
-                return self
-            if not self._session.can("connect"):
-                raise NoLagError(f"connect() while {self.status.value}")
-            auth = self._session.begin("connect")
-            self._closing.clear()
-            self._disconnected.clear()
-        self._dispatcher.start()
-        try:
-            opening = self._open(deadline, auth)
-        except BaseException as exc:
-            with self._lock:
-                self._carry(self._session.open_failed(exc, time.monotonic()))
-                self._disconnected.set()
-            self._dispatcher.stop(max(0.1, deadline - time.monotonic()))
-            shared_loop().join_if_idle(max(0.1, deadline - time.monotonic()))
-            raise
-        self._adopt(opening, silent=False)
+        self._driver.connect(time.monotonic() + timeout)
         return self
 
     def disconnect(self, timeout: float = 5.0) -> None:
@@ -323,31 +215,9 @@ class NoLag:
         """
         if os.getpid() != self._pid:
             self._reset_after_fork()
-        deadline = time.monotonic() + timeout
         self._fork_pending = False
-        self._closing.set()
-        with self._lock:
-            channel = self._res.channel
-            self._carry(self._session.disconnect(time.monotonic()))
-            self._res.channel = None
-            opening, self._opening = self._opening, None
-            self._cancel_timer()
-            for reply in self._replies.values():
-                reply.resolve(None, ConnectionClosedError("the client disconnected"))
-            self._replies.clear()
-            self._changed.notify_all()
-        if opening is not None and opening.channel is not None:
-            opening.channel.abort("the client disconnected", report=False)
-        if channel is not None:
-            channel.close(max(0.0, deadline - time.monotonic()))
-            channel.ended.wait(max(0.0, deadline - time.monotonic()))
-        connector, self._connector = self._connector, None
-        if connector is not None and connector is not threading.current_thread():
-            connector.join(max(0.0, deadline - time.monotonic()))
-        self._dispatcher.stop(max(0.1, deadline - time.monotonic()))
-        shared_loop().join_if_idle(max(0.0, deadline - time.monotonic()))
+        self._driver.disconnect(time.monotonic() + timeout)
         self._rest.close()
-        self._disconnected.set()
 
     close = disconnect
 
@@ -358,11 +228,12 @@ class NoLag:
         threads, Django and Flask. For scripts: ``client.connect(); ...; client.wait()``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._disconnected.is_set():
+        disconnected = self._driver.disconnected
+        while not disconnected.is_set():
             remaining = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
             if remaining <= 0:
                 return False
-            self._disconnected.wait(remaining)  # short waits keep KeyboardInterrupt prompt
+            disconnected.wait(remaining)  # short waits keep KeyboardInterrupt prompt
         return True
 
     def __enter__(self) -> NoLag:
@@ -425,7 +296,7 @@ class NoLag:
         with self._lock:
             context = self._lobbies.get(lobby)
             if context is None:
-                context = self._lobbies[lobby] = Lobby(_LobbyPort(self), lobby)
+                context = self._lobbies[lobby] = Lobby(DriverLobbyPort(self._driver), lobby)
                 self._lobby_events[lobby] = context._events
             return context
 
@@ -450,7 +321,7 @@ class NoLag:
         plain, _ = protocol.validate_presence_data(data, self.options.max_presence_bytes)
         room = self._room_arg(_either(room, room_id))
         with self._lock:
-            self._carry(self._session.set_presence(plain, room, time.monotonic()))
+            self._driver.carry(self._session.set_presence(plain, room, time.monotonic()))
 
     def clear_presence(self, room: Optional[str] = None) -> None:
         """Leave: withdraw this client's presence so that others see a presence:leave.
@@ -465,7 +336,7 @@ class NoLag:
         with self._lock:
             cycle = self._session.clear_presence(room)
         if cycle:
-            self._reopen()
+            self._driver.reopen()
 
     def own_presence(self, room: Optional[str] = None) -> Optional[Mapping[str, Any]]:
         """The presence this client asked to show in `room` (default room or project), or None."""
@@ -573,266 +444,11 @@ class NoLag:
                 with self._lock:
                     fx = Effects()
                     self._session.refresh(room, fx)
-                    self._carry(fx)
+                    self._driver.carry(fx)
                 return merge_entries(entries, room)
-        reply = self._request(lambda fx: self._session.fetch(room, fx), deadline, timeout)
+        reply = self._driver.request(lambda fx: self._session.fetch(room, fx), deadline, timeout)
         assert isinstance(reply, protocol.PresenceList)
         return merge_entries(reply.entries, room)
-
-    # ------------------------------------------------------------ the loop's side
-
-    def on_frames(self, channel: Channel, payloads: list[bytes], now: float) -> None:
-        """Frames read from a connection (on the loop thread; never blocks, no user code)."""
-        with self._changed:
-            if channel is not self._res.channel:
-                opening = self._opening
-                if opening is not None and opening.channel is channel and payloads:
-                    opening.feed(payloads)
-                return
-            session = self._session
-            if not payloads:
-                session.received(now)
-                return
-            version = session.store.version
-            fx = session.receive(payloads, now, self._listening())
-            self._carry(fx)
-            if session.store.version != version:
-                self._changed.notify_all()
-
-    def on_lost(self, channel: Channel, error: ConnectionClosedError, now: float) -> None:
-        """A connection ended (on the loop thread, which must not block)."""
-        with self._changed:
-            opening = self._opening
-            if opening is not None and opening.channel is channel:
-                opening.reply.resolve(None, error)
-                return
-            if channel is not self._res.channel or self._closing.is_set():
-                return
-            log.debug("client #%d: connection lost: %s", self._number, error)
-            self._res.channel = None
-            self._cancel_timer()
-            self._carry(self._session.lost(error, now))
-            self._changed.notify_all()
-
-    def _on_timer(self) -> None:
-        with self._lock:
-            self._timer_at = None
-            self._res.timer = None
-            channel = self._res.channel
-            if channel is None:
-                return
-            now = time.monotonic()
-            fx = self._session.tick(now)
-            if fx.drop is not None and channel.transport.input_pending():
-                # bytes wait in the socket: the server is alive, the loop was only behind
-                # (a starved process, or this client's lock held for a while)
-                self._session.received(now)
-                fx = self._session.tick(now)
-            self._carry(fx)
-
-    # ------------------------------------------------------------ internals
-
-    def _carry(self, fx: Effects) -> None:
-        """Do what the session asked, without blocking (lock held, so order is kept)."""
-        session = self._session
-        channel = self._res.channel
-        if fx.frames and channel is not None:
-            session.stats.frames_sent += len(fx.frames)
-            channel.send(fx.frames)
-        events = fx.events
-        if events and not self._listening():  # a cache-only client: only the rare kinds
-            events = [item for item in events if type(item) is not PublicEvent]
-        if events:
-            self._dispatcher.emit_many(events)
-        for rid, result, error in fx.replies:
-            reply = self._replies.pop(rid, None)
-            if reply is not None:
-                reply.resolve(result, error)
-        if fx.drop is not None and channel is not None:
-            log.debug("client #%d: dropping the connection: %s", self._number, fx.drop)
-            channel.abort(fx.drop)
-        if fx.ended:
-            self._cancel_timer()
-            if not self._closing.is_set():  # disconnect() sets it once its threads are gone
-                self._disconnected.set()
-            self._changed.notify_all()
-        if fx.reconnect_in is not None and threading.current_thread() is not self._connector:
-            self._connector = threading.Thread(
-                target=self._reconnect,
-                args=(fx.reconnect_in,),
-                name=f"nolag-connect-{self._number}",
-                daemon=True,
-            )
-            self._connector.start()
-        self._arm_timer()
-
-    def _arm_timer(self) -> None:
-        """Keep one loop timer per client at the session's next deadline (lock held).
-
-        A deadline that moved later (new bytes pushed liveness back) keeps the earlier
-        timer; it fires, finds nothing due and re-arms: no timer churn per batch.
-        """
-        when = self._session.next_deadline()
-        if when is None:
-            self._cancel_timer()
-            return
-        if self._timer_at is not None and self._timer_at <= when:
-            return
-        self._cancel_timer()
-        self._timer_at = when
-        self._res.timer = shared_loop().call_at(when, _tick, weakref.ref(self))
-
-    def _cancel_timer(self) -> None:
-        timer, self._res.timer = self._res.timer, None
-        self._timer_at = None
-        if timer is not None:
-            timer.cancel()
-
-    def _schedule(self, delay: float, fn: Callable[[], None]) -> Callable[[], None]:
-        """Run fn after `delay` seconds on the loop thread; returns its cancel function."""
-        return shared_loop().call_later(delay, fn).cancel
-
-    def _listening(self) -> bool:
-        """Whether a presence handler is registered on the client or one of its rooms
-        (a client that only reads its cache queues no events for the dispatcher)."""
-        handlers = self._events._handlers
-        if any(handlers.get(name) for name in PRESENCE_EVENTS):
-            return True
-        return any(registry._handlers for registry in self._room_events.values())
-
-    def _open(self, deadline: float, auth: bytes) -> _Opening:
-        """Open and authenticate a connection by `deadline`; not yet adopted.
-
-        Raises nolag.ConnectionError or AuthenticationError; nothing is left open then.
-        """
-        opts = self.options
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ConnectionError(f"no time left to connect to {opts.url}")
-        log.debug("client #%d: opening %s (%.1fs left)", self._number, opts.url, remaining)
-        transport = open_websocket(opts.url, remaining, self._schedule, opts.max_message_bytes)
-        log.debug("client #%d: WebSocket open; authenticating", self._number)
-        opening = _Opening()
-        with self._lock:
-            self._opening = opening
-        channel = shared_loop().add(transport, self, write_timeout=opts.send_timeout)
-        opening.channel = channel
-        channel.send([auth])
-        error: Optional[BaseException]
-        if not opening.reply.wait(deadline - time.monotonic()):
-            error = ConnectionError(f"no auth reply from {opts.url} within {remaining:.1f}s")
-        else:
-            error = opening.reply.error
-        if error is not None or self._closing.is_set():
-            with self._lock:
-                if self._opening is opening:
-                    self._opening = None
-            channel.close(1.0)  # a refused socket stays open on the broker: close it
-            raise error or ConnectionClosedError("the client disconnected")
-        return opening
-
-    def _adopt(self, opening: _Opening, silent: bool) -> None:
-        """Make an authenticated connection the client's, and apply what came after the auth."""
-        auth = opening.reply.result
-        assert isinstance(auth, protocol.AuthOk) and opening.channel is not None
-        old: Optional[Channel] = None
-        with self._changed:
-            if self._opening is opening:
-                self._opening = None
-            if self._closing.is_set():
-                opening.channel.close(1.0)  # disconnect() won the race
-                return
-            now = time.monotonic()
-            if silent:
-                old = self._res.channel
-                self._carry(self._session.reopened(now))
-            self._res.channel = opening.channel
-            log.debug(
-                "client #%d: authenticated as %r (project %r, protocol %d)%s",
-                self._number,
-                auth.actor_token_id,
-                auth.project_id,
-                auth.protocol_version,
-                "; connection swapped" if silent else "",
-            )
-            self._carry(self._session.opened(auth, now, silent=silent))
-            if opening.leftover:
-                self._carry(self._session.receive(opening.leftover, now, self._listening()))
-            self._changed.notify_all()
-        if old is not None:
-            old.close(1.0)
-
-    def _reconnect(self, delay: float) -> None:
-        """After an unexpected loss: wait, try, back off, until it works or the session ends."""
-        while not self._closing.wait(delay):
-            with self._lock:
-                if not self._session.can("retry"):
-                    return
-                auth = self._session.retry()
-            try:
-                opening = self._open(time.monotonic() + self.options.connect_timeout, auth)
-            except (NoLagError, OSError) as exc:
-                with self._lock:
-                    fx = self._session.open_failed(exc, time.monotonic())
-                    self._carry(fx)
-                if fx.reconnect_in is None:
-                    return
-                delay = fx.reconnect_in
-                continue
-            self._adopt(opening, silent=False)
-            return
-
-    def _reopen(self) -> None:
-        """Replace the connection with a fresh one (the broker sends our leaves for the old)."""
-        with self._lock:
-            auth = protocol.encode_auth(self._token, self.options.protocol_version, True)
-            old = self._res.channel
-        try:
-            opening = self._open(time.monotonic() + self.options.connect_timeout, auth)
-        except AuthenticationError as err:
-            with self._lock:
-                self._dispatcher.emit_many([Lifecycle("error", (err,))])
-            if old is not None:
-                old.abort("the token was refused on a reopen")  # the loss ends the session
-            return
-        except (NoLagError, OSError) as err:
-            log.info("could not reopen the connection: %s", err)
-            if old is not None:
-                old.abort(f"could not reopen: {err}")  # reconnects without the presence
-            return
-        self._adopt(opening, silent=True)
-
-    def _request(self, send: Callable[[Effects], int], deadline: float, timeout: float) -> Any:
-        """Send one request on the socket and block for its ordered reply, by `deadline`."""
-        reply = _Reply()
-        with self._lock:
-            fx = Effects()
-            rid = send(fx)
-            self._replies[rid] = reply
-            self._carry(fx)
-        if not reply.wait(deadline - time.monotonic()):
-            with self._lock:
-                self._replies.pop(rid, None)
-                self._session.abandon(rid)
-            raise PresenceTimeoutError(f"no answer from the server within {timeout:.1f}s")
-        if reply.error is not None:
-            raise reply.error
-        return reply.result
-
-    # ------------------------------------------------------------ lobbies (the port)
-
-    def _lobby_call(
-        self, slug: str, send: Callable[[Effects], Optional[int]], timeout: Optional[float]
-    ) -> Any:
-        timeout = self._timeout(timeout, self.options.request_timeout, "timeout")
-        deadline = time.monotonic() + timeout
-
-        def sender(fx: Effects) -> int:
-            rid = send(fx)
-            assert rid is not None
-            return rid
-
-        return self._request(sender, deadline, timeout)
 
     # ------------------------------------------------------------ helpers
 
@@ -849,15 +465,7 @@ class NoLag:
             raise ValueError(f"{what} must be a non-empty str")
         return room
 
-    @staticmethod
-    def _timeout(value: Optional[float], default: float, name: str) -> float:
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-        if value <= 0:
-            raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
-        return float(value)
+    _timeout = staticmethod(check_timeout)
 
     def _check_fork(self) -> None:
         """In a forked child, reconnect on first use (or raise, per options.fork_policy)."""
@@ -906,58 +514,6 @@ def _either(room: Optional[str], room_id: Optional[str]) -> Optional[str]:
     if room is not None and room != room_id:
         raise TypeError(f"give room or room_id, not both ({room!r} and {room_id!r})")
     return room_id
-
-
-class _LobbyPort:
-    """The client as its lobby contexts see it (nolag.lobby.LobbyPort)."""
-
-    __slots__ = ("_client",)
-
-    def __init__(self, client: NoLag) -> None:
-        self._client = client
-
-    def lobby_subscribe(self, slug: str, timeout: Optional[float]) -> None:
-        client = self._client
-        session = client._session
-        try:
-            client._lobby_call(slug, lambda fx: session.lobby_subscribe(slug, fx), timeout)
-            client._lobby_call(slug, lambda fx: session.lobby_fetch(slug, fx), timeout)
-        except BaseException:
-            with client._lock:
-                session.lobbies.get(slug).forget()
-            raise
-
-    def lobby_fetch(self, slug: str, timeout: Optional[float]) -> protocol.LobbySnapshot:
-        client = self._client
-        session = client._session
-        reply = client._lobby_call(slug, lambda fx: session.lobby_fetch(slug, fx), timeout)
-        assert isinstance(reply, protocol.LobbySnapshot)
-        return reply
-
-    def lobby_unsubscribe(self, slug: str, timeout: Optional[float]) -> None:
-        client = self._client
-        session = client._session
-        timeout = client._timeout(timeout, client.options.request_timeout, "timeout")
-        deadline = time.monotonic() + timeout
-        with client._lock:
-            fx = Effects()
-            rid = session.lobby_unsubscribe(slug, fx)
-            if rid is None:
-                client._carry(fx)
-                return
-            reply = _Reply()
-            client._replies[rid] = reply
-            client._carry(fx)
-        # nothing depends on the server's confirmation, so a late one is no error
-        if not reply.wait(deadline - time.monotonic()):
-            with client._lock:
-                client._replies.pop(rid, None)
-                session.abandon(rid)
-
-    def lobby_read(self, slug: str, read: Callable[[LobbyState], T]) -> T:
-        client = self._client
-        with client._lock:
-            return read(client._session.lobbies.get(slug))
 
 
 _live_clients: weakref.WeakSet[NoLag] = weakref.WeakSet()

@@ -188,6 +188,18 @@ class ConnectionState(str, enum.Enum):
         return self.value
 
 
+def check_timeout(value: Optional[float], default: float, name: str) -> float:
+    """A call's `timeout` argument in seconds: `default` when None; TypeError for a
+    non-number, ValueError for one not above zero (both naming `name`)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
 #: the official SDKs' name for `ConnectionState`
 ConnectionStatus = ConnectionState
 
