@@ -445,19 +445,6 @@ class Driver:
             raise reply.error
         return reply.result
 
-    def _lobby_call(
-        self, slug: str, send: Callable[[Effects], Optional[int]], timeout: Optional[float]
-    ) -> Any:
-        timeout = check_timeout(timeout, self.options.request_timeout, "timeout")
-        deadline = time.monotonic() + timeout
-
-        def sender(fx: Effects) -> int:
-            rid = send(fx)
-            assert rid is not None
-            return rid
-
-        return self.request(sender, deadline, timeout)
-
 
 class DriverLobbyPort:
     """A client's lobby calls, as its `Lobby` contexts use them (nolag.lobby.LobbyPort)."""
@@ -468,20 +455,24 @@ class DriverLobbyPort:
         self._driver = driver
 
     def lobby_subscribe(self, slug: str, timeout: Optional[float]) -> None:
-        client = self._driver
-        session = client.session
+        driver = self._driver
+        session = driver.session
+        timeout = check_timeout(timeout, driver.options.request_timeout, "timeout")
+        deadline = time.monotonic() + timeout  # one deadline for both round trips
         try:
-            client._lobby_call(slug, lambda fx: session.lobby_subscribe(slug, fx), timeout)
-            client._lobby_call(slug, lambda fx: session.lobby_fetch(slug, fx), timeout)
+            driver.request(lambda fx: session.lobby_subscribe(slug, fx), deadline, timeout)
+            driver.request(lambda fx: session.lobby_fetch(slug, fx), deadline, timeout)
         except BaseException:
-            with client.lock:
+            with driver.lock:
                 session.lobbies.get(slug).forget()
             raise
 
     def lobby_fetch(self, slug: str, timeout: Optional[float]) -> protocol.LobbySnapshot:
-        client = self._driver
-        session = client.session
-        reply = client._lobby_call(slug, lambda fx: session.lobby_fetch(slug, fx), timeout)
+        driver = self._driver
+        session = driver.session
+        timeout = check_timeout(timeout, driver.options.request_timeout, "timeout")
+        deadline = time.monotonic() + timeout
+        reply = driver.request(lambda fx: session.lobby_fetch(slug, fx), deadline, timeout)
         assert isinstance(reply, protocol.LobbySnapshot)
         return reply
 
