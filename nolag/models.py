@@ -218,6 +218,17 @@ def _ws_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise TypeError(f"{attribute.name} must be a str, not {type(value).__name__}")
     if not value.startswith(("ws://", "wss://")):
         raise ValueError(f"{attribute.name} must start with ws:// or wss://, got {value!r}")
+    _no_space(attribute.name, value)
+
+
+def _no_space(name: str, value: str) -> None:
+    """A URL with white space or control characters in it is a typo, not an address."""
+    bad = next((c for c in value if c.isspace() or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(
+            f"{name} contains {bad!r} at position {value.index(bad)}: {value!r} "
+            "(percent-encode it, or remove it if it slipped in)"
+        )
 
 
 def _http_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -225,6 +236,7 @@ def _http_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         return
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         raise ValueError(f"{attribute.name} must start with http:// or https://, got {value!r}")
+    _no_space(attribute.name, value)
 
 
 def _opt_str(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -18,6 +18,7 @@ import pytest
 from helpers import connected, wait_until
 from rawclient import RawClient
 
+from nolag import ActorPresence
 from nolag.broker import EmbeddedBroker
 from nolag.broker.tokens import parse_tokens
 from nolag.testing import token_document
@@ -270,6 +271,30 @@ def test_sdk_a_forgotten_lobby_does_not_make_everyone_leave(
         time.sleep(0.2)
         assert lobby.get_presence("bob") is not None
         assert left == []
+
+
+@pytest.mark.parametrize("broker_compat", ["kraken"], indirect=True)
+def test_sdk_lobby_keep_alive_keeps_events_coming_past_the_forget_delay(
+    shared_broker: EmbeddedBroker,
+) -> None:
+    """Kraken forgets a lobby's rooms a while after the last subscribe (here FORGET s):
+    the client re-subscribes every lobby_refresh_interval, so events keep coming."""
+    with (
+        connected(shared_broker.url, "test-token-bob") as bob,
+        connected(
+            shared_broker.url, "test-token-carol", lobby_refresh_interval=FORGET / 3
+        ) as watcher,
+    ):
+        lobby = watcher.set_lobby("main")
+        lobby.subscribe(timeout=5)
+        bob.set_presence({"b": 1}, room="general")
+        wait_until(lambda: lobby.get_presence("bob"), timeout=3)
+        time.sleep(FORGET * 2.5)  # without the keep-alive the broker forgot the rooms
+        bob.set_presence({"b": 2}, room="general")
+        wait_until(
+            lambda: (lobby.get_presence("bob") or ActorPresence("x")).presence == {"b": 2},
+            timeout=3,
+        )
 
 
 def test_sdk_local_mode_reference_for_the_two_defects(make_broker: Any) -> None:

@@ -480,3 +480,10 @@ def test_porting_from_the_official_sdk_once_room_id_and_connection_status(
         with pytest.raises(TypeError, match="room or room_id, not both"):
             alice.get_all_presence("general", room_id="random")
         assert {a.actor_token_id for a in alice.fetch_presence(room_id="general")} >= {"alice"}
+
+
+def test_a_url_with_white_space_is_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ValueError, match=r"url contains ' ' at position 21"):
+        NoLag("t", url="ws://127.0.0.1:8080/w s")
+    with pytest.raises(ValueError, match="rest_url contains"):
+        NoLag("t", rest_url="http://127.0.0.1:8080\n")
