@@ -25,6 +25,7 @@ __all__ = [
     "Item",
     "Lifecycle",
     "LobbyEvent",
+    "PresenceContext",
     "Registry",
 ]
 
@@ -161,6 +162,43 @@ class Registry:
         if event not in self._known:
             known = ", ".join(sorted(self._known))
             raise ValueError(f"unknown event {event!r}; known events: {known}")
+
+
+class PresenceContext:
+    """A room or lobby context's own presence callbacks (a base of `Room` and `Lobby`).
+
+    ``on()`` and ``once()`` take presence:join, presence:update and presence:leave, whose
+    handlers get one `ActorPresence`; ``off()`` removes them.
+    """
+
+    _events: Registry
+
+    def __init__(self) -> None:
+        self._events = Registry(PRESENCE_EVENTS)
+
+    @overload
+    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: H) -> H: ...
+
+    def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
+        """Register a presence:join / presence:update / presence:leave callback (or decorate)."""
+        return self._events.on(event, handler)
+
+    @overload
+    def once(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+
+    @overload
+    def once(self, event: str, handler: H) -> H: ...
+
+    def once(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
+        """Like on(), for the next event only."""
+        return self._events.once(event, handler)
+
+    def off(self, event: str, handler: Optional[Handler] = None) -> None:
+        """Unregister one callback, or all callbacks of the event."""
+        self._events.off(event, handler)
 
 
 class Dispatcher:

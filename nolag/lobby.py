@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Callable, Optional, Protocol, TypeVar, Union, overload
+from typing import Callable, Optional, Protocol, TypeVar
 
-from nolag.events import PRESENCE_EVENTS, Handler, Registry
+from nolag.events import PresenceContext
 from nolag.models import ActorPresence, FrozenDict
 from nolag.presence import JOIN, LEAVE, UPDATE, PublicEvent, frozen_data, same_data
 from nolag.protocol import LobbyPresence, LobbySnapshot
@@ -28,7 +28,6 @@ __all__ = ["Lobby", "LobbyBook", "LobbyPort", "LobbySnapshotView", "LobbyState",
 
 log = logging.getLogger("nolag")
 
-H = TypeVar("H", bound=Handler)
 T = TypeVar("T")
 
 #: a lobby's presence as users read it: {room slug: {actor id: ActorPresence}}
@@ -285,7 +284,7 @@ class LobbyPort(Protocol):
         """Run `read` on the lobby's state under the client's lock (pure reads only)."""
 
 
-class Lobby:
+class Lobby(PresenceContext):
     """Presence across a lobby's rooms, watched without being present in them.
 
     ``lobby = client.set_lobby("main")``; ``lobby.subscribe()`` returns the snapshot
@@ -294,23 +293,9 @@ class Lobby:
     """
 
     def __init__(self, port: LobbyPort, slug: str) -> None:
+        super().__init__()
         self._port = port
         self.slug = slug
-        self._events = Registry(PRESENCE_EVENTS)
-
-    @overload
-    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, event: str, handler: H) -> H: ...
-
-    def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
-        """Register a presence:join / presence:update / presence:leave callback (or decorate)."""
-        return self._events.on(event, handler)
-
-    def off(self, event: str, handler: Optional[Handler] = None) -> None:
-        """Unregister one callback, or all callbacks of the event."""
-        self._events.off(event, handler)
 
     @property
     def subscribed(self) -> bool:

@@ -8,17 +8,15 @@ its events, made of the client's public API only. Contexts are cached per name, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
-from nolag.events import PRESENCE_EVENTS, Handler, Registry
+from nolag.events import PresenceContext
 from nolag.models import ActorPresence
 
 if TYPE_CHECKING:
     from nolag.lobby import Lobby
 
 __all__ = ["App", "Room", "RoomPort"]
-
-H = TypeVar("H", bound=Handler)
 
 
 class RoomPort(Protocol):
@@ -75,7 +73,7 @@ class App:
         return f"<App {self.name!r}>"
 
 
-class Room:
+class Room(PresenceContext):
     """One room, seen through the client: set presence in it, read and watch its members.
 
     On the real broker a connection is present in one room at a time, so setting presence
@@ -83,23 +81,9 @@ class Room:
     """
 
     def __init__(self, client: RoomPort, slug: str) -> None:
+        super().__init__()
         self.client = client
         self.slug = slug
-        self._events = Registry(PRESENCE_EVENTS)
-
-    @overload
-    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, event: str, handler: H) -> H: ...
-
-    def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
-        """Register a presence:join / presence:update / presence:leave callback (or decorate)."""
-        return self._events.on(event, handler)
-
-    def off(self, event: str, handler: Optional[Handler] = None) -> None:
-        """Unregister one callback, or all callbacks of the event."""
-        self._events.off(event, handler)
 
     def set_presence(self, data: Mapping[str, Any]) -> None:
         """Announce this client's presence in the room (see NoLag.set_presence)."""
