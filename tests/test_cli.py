@@ -328,7 +328,17 @@ def test_ctrl_c_ends_set_with_a_newline_on_a_terminal(broker: EmbeddedBroker) ->
 def test_doctor_and_version_say_where_nolag_comes_from(tmp_path: Path) -> None:
     import nolag
 
-    here = str(Path(nolag.__file__).resolve())
+    # where a process started like the CLI imports nolag from: the installed package,
+    # which is this checkout only in an editable install (tox installs a built one)
+    where = subprocess.run(
+        [sys.executable, "-c", "import nolag; print(nolag.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=ENV,
+    )
+    here = str(Path(where.stdout.strip()).resolve())
     result = nolag_cli_in(tmp_path, "--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"nolag-sync {nolag.__version__} (import nolag: {here})"
