@@ -21,6 +21,7 @@ as a user without django-stubs would, the check ignores its missing types.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -145,8 +146,18 @@ def mypy_config(top: Path) -> Path:
 
 
 @pytest.mark.timeout(300)
+def _version(dist: str) -> tuple[int, ...]:
+    numbers = re.findall(r"\d+", importlib.metadata.version(dist))[:2]
+    return tuple(int(n) for n in numbers)
+
+
 def test_readme_snippets_and_samples_pass_mypy_strict(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
+    if _version("flask") < (2, 2):
+        # the oldest supported Flask (tox mindeps) declares none of its exports, so a
+        # strict checker refuses `from flask import Flask`: the snippets are checked
+        # against the Flask a user installs today, in every other environment
+        pytest.skip(f"Flask {importlib.metadata.version('flask')} is not typed for mypy --strict")
     top = tmp_path / "user"
     top.mkdir()
     layout = Layout(top)
