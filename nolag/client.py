@@ -24,7 +24,7 @@ import os
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, NoReturn, Optional, TypeVar, Union, overload
+from typing import Any, Callable, NoReturn, Optional, Union
 
 import attrs
 
@@ -35,7 +35,7 @@ from nolag.errors import (
     NoLagError,
     PresenceTimeoutError,
 )
-from nolag.events import Dispatcher, Handler, Registry
+from nolag.events import Dispatcher, Emitter, Registry
 from nolag.lobby import Lobby
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions, check_timeout, freeze
 from nolag.rooms import App, Room
@@ -45,8 +45,6 @@ __all__ = ["ClientStats", "NoLag", "merge_entries"]
 
 log = logging.getLogger("nolag")
 
-H = TypeVar("H", bound=Handler)
-T = TypeVar("T")
 
 _client_numbers = iter(range(1, 1 << 62))
 
@@ -54,7 +52,7 @@ _client_numbers = iter(range(1, 1 << 62))
 _UNSET: Any = object()
 
 
-class NoLag:
+class NoLag(Emitter):
     """A synchronous NoLag presence client: one WebSocket, a local cache, callbacks.
 
     >>> client = NoLag("at_token", url="ws://127.0.0.1:8080/ws")  # doctest: +SKIP
@@ -243,36 +241,6 @@ class NoLag:
 
     def __exit__(self, *exc: object) -> None:
         self.disconnect()
-
-    # ------------------------------------------------------------ events
-
-    @overload
-    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
-    @overload
-    def on(self, event: str, handler: H) -> H: ...
-
-    def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
-        """Register a callback for an event; use as ``client.on(name, fn)`` or ``@client.on(name)``.
-
-        Events: presence:join, presence:update, presence:leave (handler(actor)), connect(),
-        disconnect(reason), reconnecting(attempt, delay), reconnect(), error(exception).
-        """
-        return self._events.on(event, handler)
-
-    @overload
-    def once(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
-    @overload
-    def once(self, event: str, handler: H) -> H: ...
-
-    def once(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
-        """Like on(), for the next event only (as the official SDKs' ``once``)."""
-        return self._events.once(event, handler)
-
-    def off(self, event: str, handler: Optional[Handler] = None) -> None:
-        """Unregister one callback, or every callback of the event when handler is None."""
-        self._events.off(event, handler)
 
     # ------------------------------------------------------------ contexts
 

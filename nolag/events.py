@@ -21,6 +21,7 @@ __all__ = [
     "EVENTS",
     "PRESENCE_EVENTS",
     "Dispatcher",
+    "Emitter",
     "Handler",
     "Item",
     "Lifecycle",
@@ -164,17 +165,16 @@ class Registry:
             raise ValueError(f"unknown event {event!r}; known events: {known}")
 
 
-class PresenceContext:
-    """A room or lobby context's own presence callbacks (a base of `Room` and `Lobby`).
+class Emitter:
+    """Callbacks by event name: ``obj.on(name, fn)`` or ``@obj.on(name)``, ``once``, ``off``.
 
-    ``on()`` and ``once()`` take presence:join, presence:update and presence:leave, whose
-    handlers get one `ActorPresence`; ``off()`` removes them.
+    The base of the client and its contexts. A client's events and their handlers'
+    arguments: presence:join, presence:update, presence:leave (actor), connect(),
+    disconnect(reason), reconnecting(attempt, delay), reconnect(), error(exception)
+    (`EVENTS`); a room's or lobby's: the three presence events.
     """
 
     _events: Registry
-
-    def __init__(self) -> None:
-        self._events = Registry(PRESENCE_EVENTS)
 
     @overload
     def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
@@ -183,7 +183,8 @@ class PresenceContext:
     def on(self, event: str, handler: H) -> H: ...
 
     def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
-        """Register a presence:join / presence:update / presence:leave callback (or decorate)."""
+        """Register `handler` for `event` (without one, return a decorator); ValueError
+        for an unknown event name."""
         return self._events.on(event, handler)
 
     @overload
@@ -193,12 +194,19 @@ class PresenceContext:
     def once(self, event: str, handler: H) -> H: ...
 
     def once(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
-        """Like on(), for the next event only."""
+        """Like on(), for the next event only (as the official SDKs' ``once``)."""
         return self._events.once(event, handler)
 
     def off(self, event: str, handler: Optional[Handler] = None) -> None:
-        """Unregister one callback, or all callbacks of the event."""
+        """Unregister one callback, or every callback of the event when handler is None."""
         self._events.off(event, handler)
+
+
+class PresenceContext(Emitter):
+    """A room or lobby context's own presence callbacks (a base of `Room` and `Lobby`)."""
+
+    def __init__(self) -> None:
+        self._events = Registry(PRESENCE_EVENTS)
 
 
 class Dispatcher:
