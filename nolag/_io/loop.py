@@ -247,13 +247,24 @@ class Loop:
                 thread = self._thread
                 if thread is None or thread is threading.current_thread():
                     return
-                closing_only = all(c._closing_at is not None for c in self._channels)
-                if not closing_only or self._calls or self._live_timers():
+                if self._still_needed():
                     return  # other clients still need it
             self._wake()
             thread.join(min(0.05, max(0.0, deadline - time.monotonic())))
             if not thread.is_alive() or time.monotonic() >= deadline:
                 return
+
+    def _still_needed(self) -> bool:
+        """Live work (lock held): an open channel, one about to be registered, or a timer.
+
+        Channels that are closing and calls that finish them are not: the thread is
+        only winding down.
+        """
+        if any(c._closing_at is None for c in self._channels):
+            return True
+        if any(fn == self._register for fn, _ in self._calls):
+            return True
+        return self._live_timers()
 
     def abandon(self) -> None:
         """In a forked child: forget the parent's loop without touching its selector."""
