@@ -207,19 +207,8 @@ class Registry:
             out += [(c, update) for c in members]
             out += self._lobby_events(key, "update", conn.actor_id, data)
             return out
-        if self.kraken:
-            members[conn_id] = Member(
-                conn_id, conn.actor_id, conn.actor_type, data, int(now), self._next_seq()
-            )
-            conn.room = room
-            join = self._event("join", conn, room, data)
-            update = self._event("update", conn, room, data)
-            out += [(c, join) for c in members]
-            out += [(c, update) for c in members]
-            out += self._lobby_events(key, "join", conn.actor_id, data)
-            out += self._lobby_events(key, "update", conn.actor_id, data)
-            return out
-        first_of_actor = _effective(members, conn.actor_id) is None
+        # Kraken sends lobby events per socket; the local broker per actor
+        first_of_actor = self.kraken or _effective(members, conn.actor_id) is None
         members[conn_id] = Member(
             conn_id, conn.actor_id, conn.actor_type, data, int(now), self._next_seq()
         )
