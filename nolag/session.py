@@ -496,9 +496,9 @@ class Session:
         if self.state is not State.CONNECTED or self._dropping:
             return None
         interval = self.options.heartbeat_interval
-        times = [self._last_heartbeat + interval, self._last_rx + self._liveness()]
-        if self._probe_due is not None:
-            times.append(self._probe_due)
+        times = [self._last_heartbeat + interval]
+        # while a probe is out, its answer's deadline replaces the (passed) silence one
+        times.append(self._last_rx + 2 * interval if self._probe_due is None else self._probe_due)
         if self._flush_due is not None:
             times.append(self._flush_due)
         times.extend(self._resync_due.values())
@@ -506,21 +506,26 @@ class Session:
             times.append(self._lobby_refresh_due)
         return min(times)
 
-    def _liveness(self) -> float:
-        """Seconds without a byte from the server after which the connection is dead."""
-        interval = self.options.heartbeat_interval
-        return 2 * interval + min(5.0, interval / 2)
+    def _probe_grace(self) -> float:
+        """Seconds a liveness probe may go unanswered: min(5, heartbeat_interval / 2)."""
+        return min(5.0, self.options.heartbeat_interval / 2)
 
     def tick(self, now: float) -> Effects:
-        """Timed work: liveness, heartbeat, coalesced flushes, delayed resyncs, lobby keep-alive."""
+        """Timed work: liveness, heartbeat, coalesced flushes, delayed resyncs, lobby keep-alive.
+
+        Liveness: after two heartbeat intervals without a byte from the server, a heartbeat
+        goes out as a probe (the server echoes it at once, PROTOCOL "Heartbeat"); if the
+        probe stays unanswered for `_probe_grace`, the connection is dropped. A dead
+        server is thus detected within 2 x interval + min(5, interval / 2) of its last
+        frame, and a process or loop that was itself stalled is never mistaken for one:
+        its probe is sent after the stall.
+        """
         fx = Effects()
         if self.state is not State.CONNECTED:
             return fx
-        if now - self._last_rx >= self._liveness():
-            # silent for too long, or were we? A stalled process or loop looks the same, so
-            # probe first (the server echoes a heartbeat at once): only a silent probe kills
+        if now - self._last_rx >= 2 * self.options.heartbeat_interval:
             if self._probe_due is None:
-                self._probe_due = now + min(5.0, self.options.heartbeat_interval)
+                self._probe_due = now + self._probe_grace()
                 self._last_heartbeat = now
                 fx.frames.append(protocol.HEARTBEAT)
                 return fx

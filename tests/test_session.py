@@ -211,18 +211,32 @@ def test_events_without_a_room_belong_to_our_socket_room() -> None:
 
 
 def test_a_silent_server_is_probed_before_it_is_dropped() -> None:
+    """Two silent intervals send a probe; min(5, interval / 2) more without an answer drop.
+    The total is the documented bound, 2 x interval + min(5, interval / 2)."""
     session = connected(heartbeat_interval=1.0)
     assert sent(session.tick(1.0)) == [None]  # the heartbeat
-    liveness = 2 * 1.0 + 0.5
-    probe = session.tick(liveness)
+    assert session.next_deadline() == 2.0
+    probe = session.tick(2.0)
     assert sent(probe) == [None] and probe.drop is None
-    session.received(liveness + 0.1)  # the echo
-    assert session.tick(liveness + 0.5).drop is None
-    later = liveness + 0.1 + liveness + 0.01
-    session.tick(later)  # silent again: probe
-    dropped = session.tick(later + 1.0)
-    assert dropped.drop is not None and "no frame from the server" in dropped.drop
+    assert session.next_deadline() == 2.5  # the probe's answer is due
+    session.received(2.25)  # the echo
+    assert session.tick(2.5).drop is None
+    assert sent(session.tick(3.25)) == [None]  # the regular heartbeat
+    probe = session.tick(4.25)  # silent again for two intervals: probe
+    assert sent(probe) == [None] and probe.drop is None
+    assert session.tick(4.5).drop is None
+    dropped = session.tick(4.75)
+    assert dropped.drop is not None and "no frame from the server for 2.5s" in dropped.drop
     assert session.next_deadline() is None  # nothing more until the loss is reported
+
+
+def test_a_stalled_process_probes_before_it_drops() -> None:
+    """A loop that slept far past every deadline sends its probe first: no false drop."""
+    session = connected(heartbeat_interval=1.0)
+    fx = session.tick(30.0)  # woke after a 30 s stall
+    assert sent(fx) == [None] and fx.drop is None
+    session.received(30.05)
+    assert session.tick(30.5).drop is None and session.tick(31.0).drop is None
 
 
 def test_lobbies_are_kept_alive_before_the_broker_forgets_them() -> None:
