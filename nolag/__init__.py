@@ -19,6 +19,15 @@ from nolag.errors import (
     RateLimitError,
     ServerError,
 )
+from nolag.events import (
+    ConnectHandler,
+    DisconnectHandler,
+    ErrorHandler,
+    EventName,
+    PresenceEventName,
+    PresenceHandler,
+    ReconnectingHandler,
+)
 from nolag.lobby import Lobby
 from nolag.models import ActorPresence, ConnectionState, ConnectionStatus, NoLagOptions
 from nolag.rooms import App, Room
@@ -29,18 +38,25 @@ __all__ = [
     "App",
     "AuthenticationError",
     "ClientStats",
+    "ConnectHandler",
     "ConnectionClosedError",
     "ConnectionError",
     "ConnectionState",
     "ConnectionStatus",
+    "DisconnectHandler",
+    "ErrorHandler",
+    "EventName",
     "ForbiddenError",
     "Lobby",
     "NoLag",
     "NoLagError",
     "NoLagOptions",
     "NotConnectedError",
+    "PresenceEventName",
+    "PresenceHandler",
     "PresenceTimeoutError",
     "RateLimitError",
+    "ReconnectingHandler",
     "Room",
     "ServerError",
     "TypingIndicator",

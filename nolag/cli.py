@@ -16,7 +16,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn, Optional, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, TextIO
+
+if TYPE_CHECKING:  # imported late at run time: `nolag --help` stays fast
+    from nolag.client import NoLag
+    from nolag.events import EventName
 
 __all__ = ["main"]
 
@@ -283,7 +287,7 @@ def _presence(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> NoLag:
     """A NoLag client for the arguments (imported late: `nolag --help` stays fast)."""
     from nolag.client import NoLag
 
@@ -489,7 +493,8 @@ def presence_watch(args: argparse.Namespace, out: TextIO) -> int:
         client.on("presence:update", updated)
         client.on("presence:leave", left)
     client.on("error", error)
-    for event in ("connect", "disconnect", "reconnect", "reconnecting"):
+    lifecycle: tuple[EventName, ...] = ("connect", "disconnect", "reconnect", "reconnecting")
+    for event in lifecycle:
         client.on(event, lambda *_: changed.set())
     where = f"room {args.room!r}" if args.room else "the project"
     how = f"as {args.name!r} (visible)" if visible and args.room else "invisibly"
@@ -558,7 +563,10 @@ def presence_set(args: argparse.Namespace, out: TextIO) -> int:
             raise CommandFailed(str(exc), EXIT_USAGE) from None
         _connect(client, args)
         deadline = time.monotonic() + args.timeout
-        while client.get_presence(client.actor_id, args.room) is None:  # our own join, echoed
+        me = client.actor_id
+        if me is None:  # connected clients know their actor id (the auth reply)
+            raise CommandFailed("the server's auth reply named no actor")
+        while client.get_presence(me, args.room) is None:  # our own join, echoed
             if errors:
                 raise CommandFailed(_describe_error(errors[0]))
             if time.monotonic() > deadline:

@@ -35,7 +35,7 @@ from nolag.errors import (
     NoLagError,
     PresenceTimeoutError,
 )
-from nolag.events import Dispatcher, Emitter, Registry
+from nolag.events import ClientEmitter, Dispatcher, Registry
 from nolag.lobby import Lobby
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions, check_timeout, freeze
 from nolag.rooms import App, Room
@@ -52,7 +52,7 @@ _client_numbers = iter(range(1, 1 << 62))
 _UNSET: Any = object()
 
 
-class NoLag(Emitter):
+class NoLag(ClientEmitter):
     """A synchronous NoLag presence client: one WebSocket, a local cache, callbacks.
 
     >>> client = NoLag("at_token", url="ws://127.0.0.1:8080/ws")  # doctest: +SKIP

@@ -148,8 +148,9 @@ def run_demo(
             view.event(_describe(kind, actor, last.get(actor.actor_token_id)))
             last[actor.actor_token_id] = actor
 
-        for kind in ("join", "update", "leave"):
-            watcher.on(f"presence:{kind}", lambda a, k=kind: on_change(k, a))
+        watcher.on("presence:join", lambda a: on_change("join", a))
+        watcher.on("presence:update", lambda a: on_change("update", a))
+        watcher.on("presence:leave", lambda a: on_change("leave", a))
         watcher.connect(timeout=5)
         watcher.set_presence({"username": "you", "status": "watching"}, room=ROOM)
         crowd = [_Actor(name, broker.url, rng) for name in NAMES[:actors]]

@@ -12,21 +12,31 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, NamedTuple, Optional, TypeVar, Union, overload
+from typing import Any, Literal, NamedTuple, Optional, Protocol, TypeVar, Union, overload
 
+from .models import ActorPresence
 from .presence import PublicEvent
 
 __all__ = [
     "CLIENT_EVENTS",
     "EVENTS",
     "PRESENCE_EVENTS",
+    "ClientEmitter",
+    "ConnectEventName",
+    "ConnectHandler",
+    "DisconnectHandler",
     "Dispatcher",
     "Emitter",
+    "ErrorHandler",
+    "EventName",
     "Handler",
     "Item",
     "Lifecycle",
     "LobbyEvent",
     "PresenceContext",
+    "PresenceEventName",
+    "PresenceHandler",
+    "ReconnectingHandler",
     "Registry",
 ]
 
@@ -165,41 +175,131 @@ class Registry:
             raise ValueError(f"unknown event {event!r}; known events: {known}")
 
 
+class PresenceHandler(Protocol):
+    """A ``presence:join``, ``presence:update`` or ``presence:leave`` handler: ``(actor)``."""
+
+    def __call__(self, actor: ActorPresence, /) -> object: ...
+
+
+class ConnectHandler(Protocol):
+    """A ``connect`` or ``reconnect`` handler: no arguments."""
+
+    def __call__(self) -> object: ...
+
+
+class DisconnectHandler(Protocol):
+    """A ``disconnect`` handler: ``(reason)``, a human-readable str."""
+
+    def __call__(self, reason: str, /) -> object: ...
+
+
+class ReconnectingHandler(Protocol):
+    """A ``reconnecting`` handler: ``(attempt, delay)``, attempt from 1, delay in seconds."""
+
+    def __call__(self, attempt: int, delay: float, /) -> object: ...
+
+
+class ErrorHandler(Protocol):
+    """An ``error`` handler: ``(error)``, usually a `nolag.NoLagError`."""
+
+    def __call__(self, error: Exception, /) -> object: ...
+
+
+#: the event names of each handler kind (a handler of the wrong shape is a mypy error)
+PresenceEventName = Literal["presence:join", "presence:update", "presence:leave"]
+ConnectEventName = Literal["connect", "reconnect"]
+EventName = Literal[
+    "presence:join",
+    "presence:update",
+    "presence:leave",
+    "connect",
+    "disconnect",
+    "reconnecting",
+    "reconnect",
+    "error",
+]
+
+_P = TypeVar("_P", bound=PresenceHandler)
+_C = TypeVar("_C", bound=ConnectHandler)
+_D = TypeVar("_D", bound=DisconnectHandler)
+_R = TypeVar("_R", bound=ReconnectingHandler)
+_E = TypeVar("_E", bound=ErrorHandler)
+
+
 class Emitter:
     """Callbacks by event name: ``obj.on(name, fn)`` or ``@obj.on(name)``, ``once``, ``off``.
 
-    The base of the client and its contexts. A client's events and their handlers'
-    arguments: presence:join, presence:update, presence:leave (actor), connect(),
-    disconnect(reason), reconnecting(attempt, delay), reconnect(), error(exception)
-    (`EVENTS`); a room's or lobby's: the three presence events.
+    The base of the client (`ClientEmitter`) and its contexts (`PresenceContext`), which
+    type each event name's handler (`EVENTS` lists them). An unknown name raises
+    ValueError at run time.
     """
 
     _events: Registry
 
-    @overload
-    def on(self, event: str, handler: None = None) -> Callable[[H], H]: ...
+    def _on(self, event: str, handler: Optional[H]) -> Union[H, Callable[[H], H]]:
+        return self._events.on(event, handler)
+
+    def _once(self, event: str, handler: Optional[H]) -> Union[H, Callable[[H], H]]:
+        return self._events.once(event, handler)
+
+    def off(self, event: EventName, handler: Optional[Handler] = None) -> None:
+        """Unregister one callback, or every callback of the event when handler is None."""
+        self._events.off(event, handler)
+
+
+class ClientEmitter(Emitter):
+    """The client's events, each with its handler's type (see `EVENTS`)."""
 
     @overload
-    def on(self, event: str, handler: H) -> H: ...
+    def on(self, event: PresenceEventName, handler: _P) -> _P: ...
+    @overload
+    def on(self, event: PresenceEventName) -> Callable[[_P], _P]: ...
+    @overload
+    def on(self, event: ConnectEventName, handler: _C) -> _C: ...
+    @overload
+    def on(self, event: ConnectEventName) -> Callable[[_C], _C]: ...
+    @overload
+    def on(self, event: Literal["disconnect"], handler: _D) -> _D: ...
+    @overload
+    def on(self, event: Literal["disconnect"]) -> Callable[[_D], _D]: ...
+    @overload
+    def on(self, event: Literal["reconnecting"], handler: _R) -> _R: ...
+    @overload
+    def on(self, event: Literal["reconnecting"]) -> Callable[[_R], _R]: ...
+    @overload
+    def on(self, event: Literal["error"], handler: _E) -> _E: ...
+    @overload
+    def on(self, event: Literal["error"]) -> Callable[[_E], _E]: ...
 
     def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
         """Register `handler` for `event` (without one, return a decorator); ValueError
         for an unknown event name."""
-        return self._events.on(event, handler)
+        return self._on(event, handler)
 
     @overload
-    def once(self, event: str, handler: None = None) -> Callable[[H], H]: ...
-
+    def once(self, event: PresenceEventName, handler: _P) -> _P: ...
     @overload
-    def once(self, event: str, handler: H) -> H: ...
+    def once(self, event: PresenceEventName) -> Callable[[_P], _P]: ...
+    @overload
+    def once(self, event: ConnectEventName, handler: _C) -> _C: ...
+    @overload
+    def once(self, event: ConnectEventName) -> Callable[[_C], _C]: ...
+    @overload
+    def once(self, event: Literal["disconnect"], handler: _D) -> _D: ...
+    @overload
+    def once(self, event: Literal["disconnect"]) -> Callable[[_D], _D]: ...
+    @overload
+    def once(self, event: Literal["reconnecting"], handler: _R) -> _R: ...
+    @overload
+    def once(self, event: Literal["reconnecting"]) -> Callable[[_R], _R]: ...
+    @overload
+    def once(self, event: Literal["error"], handler: _E) -> _E: ...
+    @overload
+    def once(self, event: Literal["error"]) -> Callable[[_E], _E]: ...
 
     def once(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
         """Like on(), for the next event only (as the official SDKs' ``once``)."""
-        return self._events.once(event, handler)
-
-    def off(self, event: str, handler: Optional[Handler] = None) -> None:
-        """Unregister one callback, or every callback of the event when handler is None."""
-        self._events.off(event, handler)
+        return self._once(event, handler)
 
 
 class PresenceContext(Emitter):
@@ -207,6 +307,24 @@ class PresenceContext(Emitter):
 
     def __init__(self) -> None:
         self._events = Registry(PRESENCE_EVENTS)
+
+    @overload
+    def on(self, event: PresenceEventName, handler: _P) -> _P: ...
+    @overload
+    def on(self, event: PresenceEventName) -> Callable[[_P], _P]: ...
+
+    def on(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
+        """Register a presence handler ``(actor)`` (without one, return a decorator)."""
+        return self._on(event, handler)
+
+    @overload
+    def once(self, event: PresenceEventName, handler: _P) -> _P: ...
+    @overload
+    def once(self, event: PresenceEventName) -> Callable[[_P], _P]: ...
+
+    def once(self, event: str, handler: Optional[H] = None) -> Union[H, Callable[[H], H]]:
+        """Like on(), for the next event only."""
+        return self._once(event, handler)
 
 
 class Dispatcher:

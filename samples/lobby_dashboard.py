@@ -67,8 +67,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{kind:<6} {actor.room}: {name} {dict(actor.presence)}", flush=True)
         redraw()
 
-    for kind in ("join", "update", "leave"):
-        lobby.on(f"presence:{kind}", lambda a, k=kind: changed(k, a))
+    lobby.on("presence:join", lambda actor: changed("join", actor))
+    lobby.on("presence:update", lambda actor: changed("update", actor))
+    lobby.on("presence:leave", lambda actor: changed("leave", actor))
     try:
         client.connect(timeout=10)
         snapshot = lobby.subscribe(timeout=10)

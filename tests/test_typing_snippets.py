@@ -145,12 +145,12 @@ def mypy_config(top: Path) -> Path:
     return path
 
 
-@pytest.mark.timeout(300)
 def _version(dist: str) -> tuple[int, ...]:
     numbers = re.findall(r"\d+", importlib.metadata.version(dist))[:2]
     return tuple(int(n) for n in numbers)
 
 
+@pytest.mark.timeout(300)
 def test_readme_snippets_and_samples_pass_mypy_strict(tmp_path: Path) -> None:
     pytest.importorskip("mypy")
     if _version("flask") < (2, 2):
@@ -180,6 +180,7 @@ def test_readme_snippets_and_samples_pass_mypy_strict(tmp_path: Path) -> None:
         + "missing = nolag.NoSuchName  # type: ignore[attr-defined]\n",
         [(1, "public_names.py (generated from nolag.__all__)")],
     )
+    layout.add("handlers.py", HANDLERS, [(1, "handlers.py (the typed handlers probe)")])
     config = mypy_config(top)
     result = subprocess.run(
         [
@@ -209,6 +210,49 @@ def test_readme_snippets_and_samples_pass_mypy_strict(tmp_path: Path) -> None:
         )
     assert result.returncode == 0, "\n".join(errors) + result.stderr
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+#: each event's handler is typed: the right shapes pass, and each wrong one must be an
+#: error (strict mode's unused-ignore check fails the run if an ignore is not needed)
+HANDLERS = """\
+from collections.abc import Callable
+
+from nolag import ActorPresence, NoLag
+
+
+def joined(actor: ActorPresence) -> None: ...
+def lost(reason: str) -> None: ...
+def retrying(attempt: int, delay: float) -> None: ...
+def failed(error: Exception) -> None: ...
+def connected() -> None: ...
+
+
+client = NoLag("token")
+room = client.set_room("general")
+same: Callable[[ActorPresence], None] = client.on("presence:join", joined)  # as it came
+client.on("presence:leave", lambda actor: print(actor.actor_token_id))
+client.on("disconnect", lost)
+client.on("reconnecting", retrying)
+client.once("error", failed)
+client.on("connect", connected)
+room.on("presence:update", joined)
+
+
+@client.on("presence:update")
+def updated(actor: ActorPresence) -> None: ...
+
+
+@room.once("presence:leave")
+def left(actor: ActorPresence) -> None: ...
+
+
+client.on("presence:join", lost)  # type: ignore[call-overload]
+client.on("disconnect", retrying)  # type: ignore[call-overload]
+client.on("connect", joined)  # type: ignore[call-overload]
+client.once("error", connected)  # type: ignore[call-overload]
+room.on("connect", connected)  # type: ignore[call-overload]
+client.on("presence:joined", joined)  # type: ignore[call-overload]
+"""
 
 
 def test_the_skip_marker_is_recognised_and_needs_a_reason(tmp_path: Path) -> None:
