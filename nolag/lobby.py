@@ -16,6 +16,7 @@ Three parts, one job each:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Callable, Optional, Protocol, TypeVar
 
@@ -49,13 +50,16 @@ class LobbyStore:
     for an absent actor is a join, the actor leaves when its joins are matched by leaves),
     quiet and idempotent. A snapshot (lobbySubscribed / lobbyPresenceList) has one entry
     per actor, so it sets presence, not socket counts: listed actors are present (count at
-    least one, data and joinedAt from the snapshot), unlisted ones leave. A snapshot with
-    no room at all is "unknown", never "everyone left": the real broker answers `{}` both
-    for a lobby it has not mapped yet (its first `lobbySubscribed`) and for one whose
-    rooms it forgot, so such a snapshot removes nobody.
+    least one, data from the snapshot), unlisted ones leave. `joined_at` is set once, when
+    a member appears: the snapshot's joinedAt, else (lobby events carry none) this
+    client's clock (`wall`, epoch seconds); `actor_type` is None (lobby frames carry none).
+    A snapshot with no room at all is "unknown", never "everyone left": the real broker
+    answers `{}` both for a lobby it has not mapped yet (its first `lobbySubscribed`) and
+    for one whose rooms it forgot, so such a snapshot removes nobody.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall  # epoch seconds: joined_at of a member no frame dated
         self._rooms: dict[str, dict[str, _LobbyMember]] = {}
         self._version = 0
         self._snap: Optional[LobbySnapshotView] = None
@@ -143,8 +147,8 @@ class LobbyStore:
         if ev.kind not in ("join", "update"):
             return []
         data = frozen_data(ev.presence)
-        if mem is None:
-            return self._set(ev.room, ev.actor_token_id, 1, data, None)
+        if mem is None:  # lobby events carry no joinedAt (PROTOCOL "Lobbies")
+            return self._set(ev.room, ev.actor_token_id, 1, data, self._wall())
         count = mem.count + 1 if ev.kind == "join" else mem.count
         return self._set(ev.room, ev.actor_token_id, count, data, mem.view.joined_at)
 
@@ -168,9 +172,12 @@ class LobbyStore:
             for actor, entry in listed.items():
                 mem = self._rooms.get(room, {}).get(actor)
                 count = mem.count if mem is not None else 1
-                joined = entry.joined_at
-                if joined is None and mem is not None:
+                if mem is not None:  # joined_at is set once, when the member appears
                     joined = mem.view.joined_at
+                elif entry.joined_at is not None:
+                    joined = entry.joined_at
+                else:
+                    joined = self._wall()
                 others.extend(self._set(room, actor, count, frozen_data(entry.presence), joined))
         return leaves + others
 
@@ -192,12 +199,12 @@ class LobbyState:
 
     __slots__ = ("known_rooms", "slug", "store", "subscribed")
 
-    def __init__(self, slug: str) -> None:
+    def __init__(self, slug: str, wall: Callable[[], float] = time.time) -> None:
         self.slug = slug
         self.subscribed = False
         #: every room a snapshot of this lobby has named (empty rooms included)
         self.known_rooms: set[str] = set()
-        self.store = LobbyStore()
+        self.store = LobbyStore(wall)
 
     def forget(self) -> None:
         """Unsubscribed or disconnected: drop the cache silently."""
@@ -217,15 +224,16 @@ class LobbyState:
 class LobbyBook:
     """Every lobby of one session, and the routing of lobby frames to them (pure)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self.lobbies: dict[str, LobbyState] = {}
         self._alias: dict[str, str] = {}  # a broker's internal lobby id -> our slug
+        self._wall = wall  # the lobby caches' clock (epoch seconds)
 
     def get(self, slug: str) -> LobbyState:
         """The state of lobby `slug`, created on first use."""
         state = self.lobbies.get(slug)
         if state is None:
-            state = self.lobbies[slug] = LobbyState(slug)
+            state = self.lobbies[slug] = LobbyState(slug, self._wall)
         return state
 
     def subscribed(self) -> list[LobbyState]:

@@ -51,15 +51,20 @@ latest joinedAt (ties broken by a canonical ordering of the data). A list withou
 connection ids for connections the cache tracks (e.g. a REST answer) keeps as many of them
 as it has entries, preferring those whose data it shows.
 
-`joined_at` is the earliest `joinedAt` (epoch seconds) among the actor's entries in the
-latest list that covered it; a membership learned from events has None until a list
-tells. `connections` is the membership's socket count.
+`joined_at` (epoch seconds) is set once, when the cache learns of the membership, and
+holds while the membership lasts: the earliest `joinedAt` of the list that told, the
+event's `joinedAt` where the broker sends one (the local broker does; Kraken's events
+carry none), else this client's clock (`wall`) when the join was applied. So it is never
+None in the cache, and a later list does not move it. `actor_type` is the broker's
+`actorType` once a frame reported it (the local broker's frames do; Kraken's never do for
+other actors), and is kept. `connections` is the membership's socket count.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
@@ -311,12 +316,19 @@ class PresenceStore:
     bounds the memory of recent leaves kept to judge lists against.
     """
 
-    def __init__(self, *, join_grace: float = 1.0, max_tombstones: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        join_grace: float = 1.0,
+        max_tombstones: int = 4096,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         if isinstance(max_tombstones, bool) or not isinstance(max_tombstones, int):
             raise TypeError("max_tombstones must be an int")
         if max_tombstones < 0:
             raise ValueError(f"max_tombstones must be >= 0, got {max_tombstones!r}")
         self._grace = _check_grace(join_grace)
+        self._wall = wall  # epoch seconds: joined_at of a membership no frame dated
         self._max_gone = max_tombstones
         self._rooms: dict[Optional[str], dict[str, _Member]] = {}
         #: (room, actor, connection id or None) -> sequence of a leave that emptied it,
@@ -516,7 +528,7 @@ class PresenceStore:
         """
         self._seq += 1
         seq = self._seq
-        kind, actor, presence, _, _, cid, actor_type = ev  # one unpack: the hot path
+        kind, actor, presence, _, _, cid, actor_type, joined_at = ev  # one unpack: hot path
         members = self._rooms.get(room)
         mem = members.get(actor) if members is not None else None
         if kind == "leave":
@@ -538,6 +550,7 @@ class PresenceStore:
             else:
                 mem = _Member(actor, room, data, actor_type)
                 mem.conns[cid] = _Conn(data, None, (seq, 0))
+            mem.joined_at = self._wall() if joined_at is None else joined_at
             if members is None:
                 members = self._rooms[room] = {}
             members[actor] = mem
@@ -791,9 +804,9 @@ class PresenceStore:
         mem.conns = conns
         mem.anon = anon
         mem.data = data
-        times = [e.joined_at for e in accepted if e.joined_at is not None]
-        if times:
-            mem.joined_at = min(times)
+        if mem.joined_at is None:  # set once (see the module docstring)
+            times = [e.joined_at for e in accepted if e.joined_at is not None]
+            mem.joined_at = min(times) if times else self._wall()
         actor_type = next((e.actor_type for e in accepted if e.actor_type), None)
         if actor_type is not None:
             mem.actor_type = actor_type

@@ -97,6 +97,9 @@ class PresenceEvent(NamedTuple):
     room_given: bool = False
     connection_id: Optional[str] = None
     actor_type: Optional[str] = None
+    #: the socket's joinedAt (epoch seconds), where the broker sends it: the local broker's
+    #: extension; Kraken's events carry none (PROTOCOL "Presence")
+    joined_at: Optional[float] = None
 
 
 def presence_event(
@@ -108,12 +111,13 @@ def presence_event(
     room_given: bool,
     connection_id: Optional[str],
     actor_type: Optional[str],
+    joined_at: Optional[float],
 ) -> PresenceEvent:
     """A PresenceEvent built by field name: the decoder's one factory (hot path, no checks;
     a test holds these names equal to `PresenceEvent._fields`)."""
     return _new_tuple(
         PresenceEvent,
-        (kind, actor_token_id, presence, room, room_given, connection_id, actor_type),
+        (kind, actor_token_id, presence, room, room_given, connection_id, actor_type, joined_at),
     )
 
 
@@ -313,6 +317,7 @@ def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
     room: Any = None
     room_given = False
     connection_id = actor_type = None
+    joined_at: Optional[float] = None
     if len(frame) > 3:  # more than type, event and data: the local broker's extensions
         room_given = "roomId" in frame or "room_id" in frame
         room = _get(frame, "roomId", "room_id")
@@ -322,6 +327,7 @@ def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
     if len(data) > (1 if kind == "leave" else 2):  # more than actor_token_id (and presence)
         connection_id = _opt_str(_get(data, "connectionId", "connection_id")) or connection_id
         actor_type = _opt_str(_get(data, "actorType", "actor_type"))
+        joined_at = _opt_time(_get(data, "joinedAt", "joined_at"))
     return presence_event(
         kind=kind,
         actor_token_id=actor,
@@ -330,6 +336,7 @@ def _decode_presence(frame: Mapping[str, Any]) -> PresenceEvent:
         room_given=room_given,
         connection_id=connection_id,
         actor_type=actor_type,
+        joined_at=joined_at,
     )
 
 
@@ -468,6 +475,7 @@ def decode_frames(payloads: Iterable[bytes]) -> list[Union[ServerFrame, Protocol
                                 room_given=False,
                                 connection_id=None,
                                 actor_type=None,
+                                joined_at=None,
                             )
                         )
                         continue

@@ -32,7 +32,8 @@ import enum
 import itertools
 import logging
 import random
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import attrs
@@ -223,19 +224,24 @@ def merge_entries(
 class Session:
     """One client's session across its connections (pure; not thread-safe by itself).
 
-    `rng` draws the reconnect jitter (pass a seeded `random.Random` in tests).
+    `rng` draws the reconnect jitter (pass a seeded `random.Random` in tests); `wall`
+    (epoch seconds) dates the memberships no frame dated (see `nolag.presence`).
     """
 
     def __init__(
-        self, options: NoLagOptions, token: str, rng: Optional[random.Random] = None
+        self,
+        options: NoLagOptions,
+        token: str,
+        rng: Optional[random.Random] = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.options = options
         self._token = token
         self._rng = rng or random.Random()
         self.state = State.DISCONNECTED
         self.stats = ClientStats()
-        self.store = PresenceStore()
-        self.lobbies = LobbyBook()
+        self.store = PresenceStore(wall=wall)
+        self.lobbies = LobbyBook(wall)
         self.actor_id: Optional[str] = None
         self.project_id: Optional[str] = None
         self.actor_type: Optional[str] = None
@@ -812,7 +818,7 @@ class Session:
 
     def _apply_event(self, event: protocol.PresenceEvent, now: float) -> Sequence[PublicEvent]:
         """Apply a presence event to the cache; the public events."""
-        kind, actor, _, room, room_given, _, _ = event  # one unpack: the hot path
+        kind, actor, _, room, room_given, _, _, _ = event  # one unpack: the hot path
         if not room_given:  # the real broker: the event belongs to our socket's room
             if self._stale_room_leaves:
                 # still events of a room we switched away from, until our own leave from it

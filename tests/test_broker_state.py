@@ -71,7 +71,13 @@ def test_first_presence_sends_join_then_update_to_every_member_including_sender(
         "type": "presence",
         "event": "join",
         "roomId": "general",
-        "data": {"actor_token_id": "bob", "connectionId": "b1", "presence": {"n": 2}},
+        "data": {
+            "actor_token_id": "bob",
+            "connectionId": "b1",
+            "presence": {"n": 2},
+            "actorType": "user",  # extensions: the socket's actor type and joinedAt
+            "joinedAt": 101,
+        },
     }
 
 
@@ -81,6 +87,7 @@ def test_later_presence_is_one_update_and_keeps_joined_at(reg: Registry) -> None
     assert events(out, "a1") == [("presence", "update", "alice")]
     [member] = reg.room_members("demo", "general")
     assert member.joined_at == 100 and member.data == {"n": 2}
+    assert frames_for(out, "a1")[0]["data"]["joinedAt"] == 100  # the update keeps it too
 
 
 def test_room_switch_leaves_old_room_sender_included_then_joins_new(reg: Registry) -> None:

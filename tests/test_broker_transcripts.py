@@ -52,7 +52,8 @@ def strip_extensions(frame: Any) -> Any:
         f.pop("hint", None)
     if f.get("type") == "presence" and "event" in f:
         f.pop("roomId", None)
-        f["data"].pop("connectionId", None)
+        for key in ("connectionId", "actorType", "joinedAt"):
+            f["data"].pop(key, None)
     if f.get("type") == "presenceList":
         if f.get("roomId", "") is None:
             del f["roomId"]

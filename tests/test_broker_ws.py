@@ -33,7 +33,8 @@ def take(client: RawClient, n: int) -> list[Any]:
 
 def kraken_view(frame: dict[str, Any]) -> dict[str, Any]:
     """A presence event without the local broker's extension keys."""
-    data = {k: v for k, v in frame["data"].items() if k != "connectionId"}
+    extensions = ("connectionId", "actorType", "joinedAt")
+    data = {k: v for k, v in frame["data"].items() if k not in extensions}
     return {"type": frame["type"], "event": frame["event"], "data": data}
 
 
@@ -178,11 +179,19 @@ def test_join_update_leave_carry_room_and_connection_ids(connect: Connect) -> No
     presence(a, {"name": "A"})
     join, update = take(a, 2)
     conn_a = join["data"]["connectionId"]
+    joined_at = join["data"]["joinedAt"]
+    assert isinstance(joined_at, int) and abs(joined_at - time.time()) < 60  # Unix seconds
     assert join == {
         "type": "presence",
         "event": "join",
         "roomId": "general",
-        "data": {"actor_token_id": "alice", "connectionId": conn_a, "presence": {"name": "A"}},
+        "data": {
+            "actor_token_id": "alice",
+            "connectionId": conn_a,
+            "presence": {"name": "A"},
+            "actorType": "user",
+            "joinedAt": joined_at,
+        },
     }
     assert update == dict(join, event="update")
     presence(b, {"name": "B"})

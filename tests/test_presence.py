@@ -27,6 +27,7 @@ from nolag.protocol import (
 )
 
 ROOM = "general"
+WALL = 5000.0  # the store's wall clock in these tests (epoch seconds)
 
 
 def ev(kind: str, actor: str, data: Any = None, cid: Optional[str] = None) -> PresenceEvent:
@@ -51,6 +52,7 @@ class Feed:
     """A store plus a clock: apply events and lists with terse calls."""
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("wall", lambda: WALL)
         self.store = PresenceStore(**kwargs)
         self.now = 1000.0
 
@@ -253,14 +255,43 @@ def test_list_reconciles_leaves_joins_updates() -> None:
     )
 
 
-def test_list_sets_joined_at_and_socket_count_without_events() -> None:
+def test_list_sets_socket_count_without_events_and_keeps_joined_at() -> None:
+    """joined_at is set once: the event-learned member was dated by the wall clock (Kraken's
+    events carry no joinedAt), and a list neither moves it nor raises an event for it."""
     f = Feed()
     f.pair("a", {"x": 1})
+    assert f.view("a").joined_at == WALL  # type: ignore[union-attr]
     version = f.store.version
     assert f.listed(entry("a", {"x": 1}, 50), entry("a", {"x": 1}, 40)) == []
     a = f.view("a")
-    assert a is not None and a.joined_at == 40 and a.connections == 2
+    assert a is not None and a.joined_at == WALL and a.connections == 2
     assert f.store.version > version
+
+
+def test_an_event_with_joined_at_dates_the_member_by_it() -> None:
+    """The local broker's events carry joinedAt (an extension): the server's time wins."""
+    f = Feed()
+    joined = PresenceEvent(kind="join", actor_token_id="a", presence={}, joined_at=42.0)
+    f.store.apply_event(joined, ROOM, f.now)
+    assert f.view("a").joined_at == 42.0  # type: ignore[union-attr]
+    later = PresenceEvent(kind="update", actor_token_id="a", presence={"n": 1}, joined_at=43.0)
+    f.store.apply_event(later, ROOM, f.now)
+    assert f.view("a").joined_at == 42.0  # type: ignore[union-attr]
+
+
+def test_a_list_entry_without_joined_at_is_dated_by_the_wall_clock() -> None:
+    f = Feed()
+    f.listed(entry("a", {}, None))
+    assert f.view("a").joined_at == WALL  # type: ignore[union-attr]
+
+
+def test_joined_at_restarts_with_a_new_membership() -> None:
+    clock = iter([1.0, 2.0])
+    f = Feed(wall=lambda: next(clock))
+    f.pair("a", {})
+    f("leave", "a")
+    f.pair("a", {})
+    assert f.view("a").joined_at == 2.0  # type: ignore[union-attr]
 
 
 def test_list_keeps_cached_data_when_one_socket_shows_it() -> None:
@@ -471,7 +502,7 @@ def test_connection_lists_are_exact() -> None:
     assert f.pair("a", {"d": "laptop"}, cid="c2") == []  # its late join: a known connection
     assert f("leave", "b", cid="b1") == []  # the late leave of a connection the list removed
     assert names(f("leave", "a", cid="c2")) == [(UPDATE, "a", {"d": "phone"})]
-    assert f.view("a").joined_at == 10  # type: ignore[union-attr]
+    assert f.view("a").joined_at == WALL  # type: ignore[union-attr]  # set once, by its join
 
 
 def test_connection_left_after_mark_is_not_resurrected() -> None:
@@ -715,7 +746,7 @@ def test_views_built_on_the_fast_path_equal_the_public_constructor() -> None:
     (join,) = f("join", "a", wire)
     (update,) = f("update", "a", {**wire, "n": 2})
     for event, n in ((join, 1), (update, 2)):
-        expected = ActorPresence("a", {**wire, "n": n}, None, None, ROOM, 1)
+        expected = ActorPresence("a", {**wire, "n": n}, None, WALL, ROOM, 1)
         assert event.actor == expected and hash(event.actor) == hash(expected)
         assert repr(event.actor) == repr(expected)
         assert type(event.actor.presence) is FrozenDict
@@ -788,7 +819,7 @@ def test_lobby_events_are_quiet_and_counted() -> None:
 
 
 def test_lobby_snapshot_reconciles() -> None:
-    lobby = LobbyStore()
+    lobby = LobbyStore(wall=lambda: WALL)
     lobby.apply_event(lobby_ev("join", "general", "gone", {}))
     lobby.apply_event(lobby_ev("join", "general", "same", {"v": 1}))
     lobby.apply_event(lobby_ev("join", "random", "changed", {"v": 1}))
@@ -802,7 +833,8 @@ def test_lobby_snapshot_reconciles() -> None:
     ]
     snap = lobby.snapshot()
     assert set(snap) == {"general", "random"}
-    assert snap["general"]["same"].joined_at == 100.0
+    assert snap["general"]["same"].joined_at == WALL  # dated by its join event, kept
+    assert snap["general"]["new"].joined_at == 100.0  # the snapshot's joinedAt
     assert lobby.snapshot() is snap
     with pytest.raises(TypeError):
         snap["general"]["x"] = snap["general"]["same"]  # type: ignore[index]

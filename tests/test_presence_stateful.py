@@ -53,6 +53,7 @@ DATA: tuple[Any, ...] = (
     None,
 )
 GRACE = 1.0
+WALL = 7.0  # the store's wall clock: dates a membership first learned from an event
 MAX_SOCKETS = 7
 
 Key = tuple[Optional[str], str]
@@ -95,7 +96,7 @@ class Sock:
 class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.store = PresenceStore(join_grace=GRACE)
+        self.store = PresenceStore(join_grace=GRACE, wall=lambda: WALL)
         self.now = 100.0
         self.with_cids = False
         self.sockets: dict[int, Sock] = {}
@@ -208,7 +209,7 @@ class StoreMachine(RuleBasedStateMachine):
             if kind != "leave":
                 self.view_data[key] = canon(held.data)
         if before is None and after is not None:
-            self.view_joined[key] = None
+            self.view_joined[key] = WALL  # events carry no joinedAt: the wall clock dates it
         if after is None:
             self.view_joined.pop(key, None)
             self.view_data.pop(key, None)
@@ -357,7 +358,10 @@ class StoreMachine(RuleBasedStateMachine):
         for actor in list(pre):
             if actor not in by_actor:
                 self.view_data.pop((room, actor), None)
-                self.view_joined.pop((room, actor), None)
+                # a member the list omits may stay (its join is newer than the list:
+                # the replay invariant checks who stays); one that stays keeps joined_at
+                if self.store.get(actor, room, all_rooms=False) is None:
+                    self.view_joined.pop((room, actor), None)
         if self.with_cids:
             listed = {int(e.connection_id.split("-")[1]) for e in entries if e.connection_id}
             for ckey in [k for k in self.conns if k[0] == room]:
@@ -395,10 +399,9 @@ class StoreMachine(RuleBasedStateMachine):
                     else:
                         self.view_data[key] = cached
                 times = [e.joined_at for e in group]
-            if times:
-                self.view_joined[key] = min(t for t in times if t is not None)
-            elif actor not in pre:
-                self.view_joined[key] = None
+            if actor not in pre:  # joined_at is set once, when the membership appears
+                dated = [t for t in times if t is not None]
+                self.view_joined[key] = min(dated) if dated else WALL
 
     # ------------------------------------------------------------ rules: forgetting
 

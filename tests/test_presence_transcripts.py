@@ -73,7 +73,8 @@ def _sent(fx: Effects) -> list[Any]:
 
 def replay(prefix: str, conn: str) -> Replay:
     options = NoLagOptions(sync_on_join=False, max_presence_rate=None)
-    session = Session(options, "tok")
+    clock = [0.0]  # the capture's time, in seconds since it started: the session's wall clock
+    session = Session(options, "tok", wall=lambda: clock[0])
     events: list[PublicEvent] = []
     lobby_events: list[PublicEvent] = []
     lobby_slug: Optional[str] = None
@@ -89,7 +90,7 @@ def replay(prefix: str, conn: str) -> Replay:
                 assert isinstance(item, Lifecycle)
 
     for line in transcripts.frames(transcripts.load(prefix), conn):
-        now = float(line["t_ms"]) / 1000.0
+        now = clock[0] = float(line["t_ms"]) / 1000.0
         sent = line.get("decoded")
         if line["dir"] == "send":
             if not isinstance(sent, dict) or not line.get("len"):
@@ -163,7 +164,10 @@ def test_04_room_switch_seen_by_the_observer() -> None:
         (LEAVE, G, "actor-015", {"status": "online"}),
     ]
     [me] = r.store.snapshot()
-    assert me.actor_token_id == "actor-014" and me.joined_at == 1795861317
+    # dated by this client's clock at its join event (seq 5, 6.3 ms into the capture):
+    # Kraken's events carry no joinedAt, and the later list (joinedAt 1795861317) does
+    # not move it
+    assert me.actor_token_id == "actor-014" and me.joined_at == 6.3 / 1000
 
 
 def test_04_room_switch_seen_by_the_switcher() -> None:
@@ -176,7 +180,8 @@ def test_04_room_switch_seen_by_the_switcher() -> None:
         (JOIN, "random", "actor-015", {"room": "random", "status": "online"}),
     ]
     [me] = r.store.snapshot()
-    assert me.room == "random" and me.joined_at == 1795861319 and me.connections == 1
+    # the new membership's join event (seq 31, 2815.8 ms) dates it
+    assert me.room == "random" and me.joined_at == 2815.8 / 1000 and me.connections == 1
 
 
 def test_05_same_actor_two_sockets_seen_by_the_observer() -> None:
@@ -232,7 +237,9 @@ def test_08_lobby_seen_by_the_subscriber() -> None:
     ]
     snap = r.lobby
     assert list(snap) == ["random"]
-    assert snap["random"]["actor-042"].joined_at == 1795861407
+    # lobby events carry no joinedAt: the member is dated by its join event (seq 51,
+    # 2420.6 ms); the later lobbyPresenceList (joinedAt 1795861407) does not move it
+    assert snap["random"]["actor-042"].joined_at == 2420.6 / 1000
 
 
 def test_08_room_presence_seen_by_a_member() -> None:

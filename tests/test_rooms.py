@@ -224,3 +224,37 @@ def test_observer_never_announces_presence(broker: EmbeddedBroker) -> None:
         assert set(snapshot["general"]) == {"bob"}
         assert [a.actor_token_id for a in bob.fetch_presence("general")] == ["bob"]
         assert bob.get_presence("alice") is None
+
+
+def test_joined_at_and_actor_type_do_not_depend_on_how_the_cache_learned(
+    broker: EmbeddedBroker, broker_compat: str
+) -> None:
+    """Bob learns Alice from her join event, Alice learns Bob from her join list: both see
+    a `joined_at`, and a later list neither moves it nor fires an update. `actor_type` is
+    the broker's: the local broker reports it everywhere, Kraken nowhere."""
+    expected_type = None if broker_compat == "kraken" else "user"
+    with (
+        connected(broker.url, TOKENS["bob"]) as bob,
+        connected(broker.url, TOKENS["alice"]) as alice,
+    ):
+        events = Recorder(bob)
+        bob.set_presence({"name": "Bob"}, room="general")
+        wait_until(lambda: bob.get_presence("bob", "general"))
+        before = time.time()
+        alice.set_presence({"name": "Alice"}, room="general")
+        from_event = wait_until(lambda: bob.get_presence("alice", "general"))
+        from_list = wait_until(lambda: alice.get_presence("bob", "general"))
+        after = time.time()
+        assert from_event.joined_at is not None and from_list.joined_at is not None
+        assert before - 1.0 <= from_event.joined_at <= after + 1.0  # seconds, not ms
+        assert from_list.joined_at <= after + 1.0
+        assert from_event.actor_type == expected_type == from_list.actor_type
+        # a list reconciles bob's cache: alice's record is unchanged, no update fires
+        listed = bob.fetch_presence("general", timeout=5)
+        assert {a.actor_token_id for a in listed} == {"alice", "bob"}
+        # (over REST, the fetch asks for a socket list too: bob's next own update is
+        # echoed after that list's reply, on the same socket)
+        bob.set_presence({"name": "Bob", "n": 1}, room="general")
+        wait_until(lambda: (bob.get_presence("bob", "general") or from_event).presence.get("n"))
+        assert bob.get_presence("alice", "general") == from_event
+        assert events.of("alice") == [("presence:join", {"name": "Alice"})]

@@ -76,19 +76,29 @@ def presence_event(
     room: Optional[str],
     presence: Any,
     *,
+    actor_type: Optional[str] = None,
+    joined_at: Optional[int] = None,
     kraken: bool = False,
 ) -> Frame:
-    """A presence event: Kraken's snake_case ``data`` plus ``roomId`` and ``connectionId``.
+    """A presence event: Kraken's snake_case ``data`` plus extensions.
 
     ``presence`` is left out of a ``leave``; on ``join``/``update`` it is sent as is, nil
-    included (a ``data: nil`` presence frame is an update to nil, as Kraken does). Kraken
-    mode drops the two extension keys.
+    included (a ``data: nil`` presence frame is an update to nil, as Kraken does). The
+    extensions, which Kraken mode drops: ``roomId`` beside ``data``; ``connectionId`` in
+    it; and on ``join``/``update`` the socket's ``actorType`` and ``joinedAt`` (Unix
+    seconds, as in lists), so a client's cache holds the same fields whether it learned
+    of a member from an event or from a list.
     """
     data: Frame = {"actor_token_id": actor_id}
     if not kraken:
         data["connectionId"] = conn_id
     if event != "leave":
         data["presence"] = presence
+        if not kraken:
+            if actor_type is not None:
+                data["actorType"] = actor_type
+            if joined_at is not None:
+                data["joinedAt"] = joined_at
     if kraken:
         return {"type": "presence", "event": event, "data": data}
     return {"type": "presence", "event": event, "roomId": room, "data": data}

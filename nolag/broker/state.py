@@ -181,10 +181,24 @@ class Registry:
 
     # -- presence -----------------------------------------------------------------
 
-    def _event(self, event: str, conn: _Conn, room: Optional[str], data: Any) -> Frame:
-        """A presence event of ``conn`` in the registry's mode."""
+    def _event(
+        self, event: str, conn: _Conn, room: Optional[str], member: Optional[Member]
+    ) -> Frame:
+        """A presence event of ``conn`` in the registry's mode; ``member`` (its presence
+        and joinedAt) is None for a leave."""
+        if member is None:
+            return frames.presence_event(
+                event, conn.actor_id, conn.conn_id, room, None, kraken=self.kraken
+            )
         return frames.presence_event(
-            event, conn.actor_id, conn.conn_id, room, data, kraken=self.kraken
+            event,
+            conn.actor_id,
+            conn.conn_id,
+            room,
+            member.data,
+            actor_type=conn.actor_type,
+            joined_at=member.joined_at,
+            kraken=self.kraken,
         )
 
     def _next_seq(self) -> int:
@@ -203,18 +217,18 @@ class Registry:
         member = members.get(conn_id)
         if member is not None:
             member.data, member.seq = data, self._next_seq()
-            update = self._event("update", conn, room, data)
+            update = self._event("update", conn, room, member)
             out += [(c, update) for c in members]
             out += self._lobby_events(key, "update", conn.actor_id, data)
             return out
         # Kraken sends lobby events per socket; the local broker per actor
         first_of_actor = self.kraken or _effective(members, conn.actor_id) is None
-        members[conn_id] = Member(
+        member = members[conn_id] = Member(
             conn_id, conn.actor_id, conn.actor_type, data, int(now), self._next_seq()
         )
         conn.room = room
-        join = self._event("join", conn, room, data)
-        update = self._event("update", conn, room, data)
+        join = self._event("join", conn, room, member)
+        update = self._event("update", conn, room, member)
         out += [(c, join) for c in members]
         out += [(c, update) for c in members]
         if first_of_actor:
@@ -247,15 +261,16 @@ class Registry:
         members = self._project_presence.setdefault(conn.project_id, {})
         audience = list(self._project_conns[conn.project_id])
         member = members.get(conn_id)
-        update = self._event("update", conn, None, data)
         if member is not None:
             member.data, member.seq = data, self._next_seq()
-            updates: list[Delivery] = [(c, update) for c in audience]
+            changed = self._event("update", conn, None, member)
+            updates: list[Delivery] = [(c, changed) for c in audience]
             return updates
-        members[conn_id] = Member(
+        member = members[conn_id] = Member(
             conn_id, conn.actor_id, conn.actor_type, data, int(now), self._next_seq()
         )
-        join = self._event("join", conn, None, data)
+        join = self._event("join", conn, None, member)
+        update = self._event("update", conn, None, member)
         out: list[Delivery] = [(c, join) for c in audience]
         return out + [(c, update) for c in audience]
 
