@@ -39,7 +39,9 @@ after the request was sent (`mark()`) contradicts it, since that event is newer:
   many leaves within the window are their late broadcasts. A later list in the window
   keeps awaiting them. The price: a genuinely new socket with such data joining (or one
   leaving) inside the window is missed until the next list; a socket that joined and then
-  changed its data before the list was taken is counted twice until the next list;
+  changed its data before the list was taken is counted twice until the next list. A room
+  where such a guess was made is reported by `take_unsure`, so that its owner asks for
+  that next list once the window is over;
 * a list requested before an already-applied list of the same room, before `drop_room`
   of that room or before `reset` is stale and ignored.
 
@@ -329,6 +331,9 @@ class PresenceStore:
             raise ValueError(f"max_tombstones must be >= 0, got {max_tombstones!r}")
         self._grace = _check_grace(join_grace)
         self._wall = wall  # epoch seconds: joined_at of a membership no frame dated
+        #: rooms where an event was taken for a late broadcast of a listed change (a
+        #: guess: a genuinely new socket looks the same); see `take_unsure`
+        self._unsure: set[Optional[str]] = set()
         self._max_gone = max_tombstones
         self._rooms: dict[Optional[str], dict[str, _Member]] = {}
         #: (room, actor, connection id or None) -> sequence of a leave that emptied it,
@@ -423,6 +428,19 @@ class PresenceStore:
     def rooms(self) -> tuple[Optional[str], ...]:
         """Rooms with at least one member (None for project level), in first-seen order."""
         return tuple(self._rooms)
+
+    def take_unsure(self) -> set[Optional[str]]:
+        """The rooms whose counts rest on a guess since the last call, and forget them.
+
+        Without connection ids, a join (or leave) that arrives within `join_grace` of a
+        list which already showed that change is taken for its late broadcast; a
+        genuinely new socket with the same data looks the same. The owner confirms such
+        a room with one more list once the window is over (the session does).
+        """
+        unsure = self._unsure
+        if unsure:
+            self._unsure = set()
+        return unsure
 
     def __repr__(self) -> str:
         return f"<PresenceStore rooms={len(self._rooms)} actors={self.count()} v{self._version}>"
@@ -560,8 +578,11 @@ class PresenceStore:
         assert before is not None
         if cid is None:
             mem.anon_seq, mem.anon_kind = seq, kind
-            if kind == "join" and not mem.take_credit(data, now):
-                mem.anon += 1
+            if kind == "join":
+                if mem.take_credit(data, now):
+                    self._unsure.add(room)
+                else:
+                    mem.anon += 1
         else:
             conn = mem.conns.get(cid)
             if conn is not None:
@@ -577,6 +598,7 @@ class PresenceStore:
                 if converted:
                     mem.anon -= 1
                     mem.credits = min(mem.credits, mem.anon)
+                    self._unsure.add(room)
                 mem.conns[cid] = _Conn(data, None, (seq, 0))
         mem.data = data
         if actor_type is not None:
@@ -613,6 +635,7 @@ class PresenceStore:
             # an anonymous socket (or an unknown connection while anonymous ones exist)
             mem.anon_seq, mem.anon_kind = seq, "leave"
             if mem.debits and mem.take_debit(now):
+                self._unsure.add(room)
                 return []  # a list already removed this socket
             if mem.anon:
                 mem.anon -= 1
@@ -829,6 +852,7 @@ class PresenceStore:
         """
         self._seq += 1
         self._list_marks[room] = self._seq
+        self._unsure.discard(room)
         if self._gone:
             for key in [k for k in self._gone if k[0] == room]:
                 del self._gone[key]
@@ -847,6 +871,7 @@ class PresenceStore:
         self._floor = self._seq
         self._list_marks.clear()
         self._gone.clear()
+        self._unsure.clear()
         events = [
             PublicEvent(LEAVE, m.view, room)
             for room, members in self._rooms.items()

@@ -782,7 +782,20 @@ class Session:
                     self._apply(frame, now, fx, listening)
                     absorbing = self._absorb is not None
         stats.events_emitted += emitted
+        unsure = self.store.take_unsure()
+        if unsure:
+            self._confirm_later(unsure, now)
         return fx
+
+    def _confirm_later(self, rooms: set[Optional[str]], now: float) -> None:
+        """Ask for one more list of each room once the late-broadcast window is over: an
+        event in it was taken for a listed change's late broadcast, a guess that a new
+        socket with the same data would fool (Kraken's events carry no connection id).
+        One pending confirmation per room; it is not postponed by later guesses."""
+        for room in rooms:
+            if room == self._socket_room and room not in self._resync_due:
+                log.debug("room %r: confirming a late-broadcast guess with a list", room)
+                self._resync_due[room] = now + self.store.join_grace
 
     def _apply(
         self,

@@ -876,3 +876,26 @@ def test_merge_sockets_groups_by_actor_in_first_seen_order_and_picks_the_newest(
         ("bob", "b2", 2),
         ("ann", "a1", 2),
     ]
+
+
+def test_guesses_about_late_broadcasts_are_reported_once_per_room() -> None:
+    """A join or leave taken for a listed change's late broadcast is a guess (a new socket
+    with the same data looks the same): `take_unsure` names the room, once."""
+    f = Feed()
+    f.listed(entry("a", {"d": 1}), entry("a", {"d": 1}))  # two sockets, joins not seen
+    assert f.store.take_unsure() == set()
+    f("join", "a", {"d": 1})  # within the window: a listed socket's late join
+    assert f.store.take_unsure() == {ROOM} and f.store.take_unsure() == set()
+    f.pair("b", {})
+    f.pair("b", {})
+    f.listed(entry("a", {"d": 1}), entry("a", {"d": 1}), entry("b", {}))  # b: one socket fewer
+    f("leave", "b")  # its late leave: not counted again
+    assert f.view("b").connections == 1  # type: ignore[union-attr]
+    assert f.store.take_unsure() == {ROOM}
+    f.now += 10  # outside every window: events are counted, no guess
+    f("join", "a", {"d": 1})
+    assert f.view("a").connections == 3 and f.store.take_unsure() == set()  # type: ignore[union-attr]
+    f.listed(entry("a", {"d": 1}))
+    f("leave", "a")
+    f.store.drop_room(ROOM)
+    assert f.store.take_unsure() == set()

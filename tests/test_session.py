@@ -207,6 +207,30 @@ def test_events_without_a_room_belong_to_our_socket_room() -> None:
     assert public(moved) == [(LEAVE, "general", "bob")]  # we left: its members leave
 
 
+def test_a_late_broadcast_guess_is_confirmed_by_one_more_list() -> None:
+    """Kraken's events carry no connection id: a join within join_grace (1 s) of a list
+    that already showed that socket is taken for its late broadcast, and a genuinely new
+    tab looks the same. The room gets one more list once the window is over; a join
+    outside any window is no guess and asks for nothing."""
+    session = connected()
+    session.set_presence({"a": 1}, "general", 0.0)
+    fx = Effects()
+    session.refresh("general", fx)
+    assert sent(fx) == [{"type": "getPresence", "roomId": "general"}]
+    tabs = [{"actorTokenId": "carol", "presence": {"t": 1}, "joinedAt": 1}] * 2
+    session.receive([pack({"type": "presenceList", "roomId": "general", "data": tabs})], 0.1, True)
+    assert session.store.get("carol", "general").connections == 2  # type: ignore[union-attr]
+    session.receive([event("join", "carol", {"t": 1})], 0.5, True)  # late, or a third tab?
+    assert session.store.get("carol", "general").connections == 2  # type: ignore[union-attr]
+    assert session.next_deadline() == 1.5
+    asked = sent(session.tick(1.5))
+    assert asked.count({"type": "getPresence", "roomId": "general"}) == 1
+    assert session.next_deadline() == 30.0  # the heartbeat: nothing more to confirm
+    session.receive([event("join", "carol", {"t": 1})], 5.0, True)  # no window: counted
+    assert session.store.get("carol", "general").connections == 3  # type: ignore[union-attr]
+    assert session.next_deadline() == 30.0
+
+
 # ---------------------------------------------------------------- time
 
 
