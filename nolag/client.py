@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Callable, NoReturn, Optional, Union
 
 import attrs
@@ -37,6 +37,7 @@ from nolag.errors import (
 )
 from nolag.events import ClientEmitter, Dispatcher, Registry
 from nolag.lobby import Lobby
+from nolag.lobby import either_room as _either
 from nolag.models import ActorPresence, ConnectionState, NoLagOptions, check_timeout, freeze
 from nolag.rooms import App, Room
 from nolag.session import ClientStats, Effects, merge_entries
@@ -315,16 +316,19 @@ class NoLag(ClientEmitter):
 
     def get_all_presence(
         self, room: Optional[str] = None, *, room_id: Optional[str] = None
-    ) -> Sequence[ActorPresence]:
-        """Everyone in the local cache (one entry per actor and room), or one room's members.
+    ) -> tuple[ActorPresence, ...]:
+        """Everyone in the local cache (one entry per actor and room, each with its `room`;
+        `None` for client level), or one room's members.
 
-        Returns an immutable tuple; the same object while nothing changed. `room_id` is the
-        official SDKs' name for `room`.
+        An immutable tuple, in the order the members appeared (room by room, the rooms in
+        the order the cache first held them); the same object while nothing changed.
+        `room_id` is the official SDKs' name for `room`.
         """
         self._check_fork()
         room = _either(room, room_id)
         with self._lock:
-            return self._session.snapshot(room)
+            snap = self._session.snapshot(room)
+        return snap if isinstance(snap, tuple) else tuple(snap)
 
     def get_presence(self, actor_id: str, room: Optional[str] = None) -> Optional[ActorPresence]:
         """One actor from the local cache (in `room`, or wherever it changed last), or None."""
@@ -386,9 +390,12 @@ class NoLag(ClientEmitter):
         timeout: Optional[float] = None,
         *,
         room_id: Optional[str] = None,
-    ) -> list[ActorPresence]:
-        """Ask the server for the authoritative list (one entry per actor) and block for it,
-        `timeout` seconds at most for the whole call (default: options.request_timeout).
+    ) -> tuple[ActorPresence, ...]:
+        """Ask the server for the authoritative list and block for it, `timeout` seconds at
+        most for the whole call (default: options.request_timeout).
+
+        An immutable tuple, one entry per actor (each with `room` set to the room asked
+        for), in the order the server listed them (an actor's first socket).
 
         Uses the REST endpoint (GET /v1/presence); a server without one (HTTP 404) is asked
         over the socket instead, within the same deadline. Rooms default to
@@ -413,10 +420,10 @@ class NoLag(ClientEmitter):
                     fx = Effects()
                     self._session.refresh(room, fx)
                     self._driver.carry(fx)
-                return merge_entries(entries, room)
+                return tuple(merge_entries(entries, room))
         reply = self._driver.request(lambda fx: self._session.fetch(room, fx), deadline, timeout)
         assert isinstance(reply, protocol.PresenceList)
-        return merge_entries(reply.entries, room)
+        return tuple(merge_entries(reply.entries, room))
 
     # ------------------------------------------------------------ helpers
 
@@ -473,15 +480,6 @@ class NoLag(ClientEmitter):
         for state in old.lobbies.subscribed():
             self._session.lobbies.get(state.slug).subscribed = True
         self._fork_pending = was_active
-
-
-def _either(room: Optional[str], room_id: Optional[str]) -> Optional[str]:
-    """`room`, or the official SDKs' `room_id` spelling of it (not both, unless equal)."""
-    if room_id is None:
-        return room
-    if room is not None and room != room_id:
-        raise TypeError(f"give room or room_id, not both ({room!r} and {room_id!r})")
-    return room_id
 
 
 _live_clients: weakref.WeakSet[NoLag] = weakref.WeakSet()

@@ -25,14 +25,42 @@ from nolag.models import ActorPresence, FrozenDict
 from nolag.presence import JOIN, LEAVE, UPDATE, PublicEvent, frozen_data, same_data
 from nolag.protocol import LobbyPresence, LobbySnapshot
 
-__all__ = ["Lobby", "LobbyBook", "LobbyPort", "LobbySnapshotView", "LobbyState", "LobbyStore"]
+__all__ = [
+    "Lobby",
+    "LobbyBook",
+    "LobbyPort",
+    "LobbySnapshotView",
+    "LobbyState",
+    "LobbyStore",
+    "either_room",
+]
 
 log = logging.getLogger("nolag")
 
 T = TypeVar("T")
 
-#: a lobby's presence as users read it: {room slug: {actor id: ActorPresence}}
+#: a lobby's presence grouped by room: {room slug: {actor id: ActorPresence}} (`Lobby.by_room`)
 LobbySnapshotView = Mapping[str, Mapping[str, ActorPresence]]
+
+
+def either_room(room: Optional[str], room_id: Optional[str]) -> Optional[str]:
+    """`room`, or the official SDKs' `room_id` spelling of it (not both, unless equal).
+
+    Raises TypeError when both are given and differ.
+    """
+    if room_id is None:
+        return room
+    if room is not None and room != room_id:
+        raise TypeError(f"give room or room_id, not both ({room!r} and {room_id!r})")
+    return room_id
+
+
+def flatten(rooms: LobbySnapshotView, room: Optional[str] = None) -> tuple[ActorPresence, ...]:
+    """The members of a grouped view as one tuple: rooms by slug, then members in the
+    order the view holds them (the order they appeared); only `room`'s when given."""
+    if room is not None:
+        return tuple(rooms.get(room, {}).values())
+    return tuple(actor for key in sorted(rooms) for actor in rooms[key].values())
 
 
 class _LobbyMember:
@@ -63,6 +91,7 @@ class LobbyStore:
         self._rooms: dict[str, dict[str, _LobbyMember]] = {}
         self._version = 0
         self._snap: Optional[LobbySnapshotView] = None
+        self._flat: dict[Optional[str], tuple[ActorPresence, ...]] = {}
 
     @property
     def version(self) -> int:
@@ -80,6 +109,16 @@ class LobbyStore:
             )
         return self._snap
 
+    def members(self, room: Optional[str] = None) -> tuple[ActorPresence, ...]:
+        """Every member as one tuple (rooms by slug, then the order members appeared), or
+        `room`'s members only; cached: the same object until the next change."""
+        flat = self._flat.get(room)
+        if flat is None:
+            flat = flatten(self.snapshot(), room)
+            if room is None or room in self._rooms:  # never grow with unknown names
+                self._flat[room] = flat
+        return flat
+
     def get(self, actor_id: str, room: Optional[str] = None) -> Optional[ActorPresence]:
         """The actor in `room`, or without a room in the first room it is present in."""
         for key, members in self._rooms.items():
@@ -95,6 +134,7 @@ class LobbyStore:
 
     def _touch(self) -> None:
         self._snap = None
+        self._flat = {}
         self._version += 1
 
     def _set(
@@ -295,9 +335,11 @@ class LobbyPort(Protocol):
 class Lobby(PresenceContext):
     """Presence across a lobby's rooms, watched without being present in them.
 
-    ``lobby = client.set_lobby("main")``; ``lobby.subscribe()`` returns the snapshot
-    {room: {actor_id: ActorPresence}}, then ``lobby.on("presence:join", fn)`` handlers get
-    each change with ``actor.room`` set. The subscription is restored after a reconnect.
+    ``lobby = client.set_lobby("main")``; ``lobby.subscribe()`` returns everyone present
+    as a tuple of ActorPresence (each with its ``room``), then
+    ``lobby.on("presence:join", fn)`` handlers get each change with ``actor.room`` set.
+    ``lobby.by_room()`` groups the same cache as {room: {actor_id: ActorPresence}}. The
+    subscription is restored after a reconnect.
     """
 
     def __init__(self, port: LobbyPort, slug: str) -> None:
@@ -315,8 +357,8 @@ class Lobby(PresenceContext):
         """Every room a snapshot of this lobby has named so far."""
         return self._port.lobby_read(self.slug, lambda s: frozenset(s.known_rooms))
 
-    def subscribe(self, timeout: Optional[float] = None) -> LobbySnapshotView:
-        """Subscribe and return the snapshot {room: {actor_id: ActorPresence}}.
+    def subscribe(self, timeout: Optional[float] = None) -> tuple[ActorPresence, ...]:
+        """Subscribe and return everyone present, as get_all_presence() does.
 
         The real broker's first snapshot can be empty although members are present, so
         the subscription is always followed by a getLobbyPresence before this returns.
@@ -327,30 +369,41 @@ class Lobby(PresenceContext):
         self._port.lobby_subscribe(self.slug, timeout)
         return self.get_all_presence()
 
-    def fetch_presence(self, timeout: Optional[float] = None) -> LobbySnapshotView:
-        """Ask the server for the lobby's presence, reconcile the lobby cache, return it.
+    def fetch_presence(self, timeout: Optional[float] = None) -> tuple[ActorPresence, ...]:
+        """Ask the server for the lobby's presence, reconcile the lobby cache, return it as
+        get_all_presence() does (rooms by slug, each entry with its `room`).
 
-        Not subscribed, the server's answer is returned as it is (no cache to reconcile).
+        Not subscribed, the server's answer is returned as it is (no cache to reconcile),
+        in the same order. Raises PresenceTimeoutError after `timeout` seconds (default:
+        options.request_timeout).
         """
         reply = self._port.lobby_fetch(self.slug, timeout)
         if self.subscribed:
             return self.get_all_presence()
-        return FrozenDict(
-            {
-                room: FrozenDict(
-                    {
-                        actor: ActorPresence(
-                            actor, entry.presence, entry.actor_type, entry.joined_at, room
-                        )
-                        for actor, entry in members.items()
-                    }
-                )
-                for room, members in reply.rooms.items()
-            }
+        return tuple(
+            ActorPresence(actor, entry.presence, entry.actor_type, entry.joined_at, room)
+            for room in sorted(reply.rooms)
+            for actor, entry in reply.rooms[room].items()
         )
 
-    def get_all_presence(self) -> LobbySnapshotView:
-        """The lobby cache: {room: {actor_id: ActorPresence}} (read-only)."""
+    def get_all_presence(
+        self, room: Optional[str] = None, *, room_id: Optional[str] = None
+    ) -> tuple[ActorPresence, ...]:
+        """The lobby cache as one immutable tuple, one entry per actor and room (each with
+        its `room`), or only `room`'s members; the same object while nothing changed.
+
+        Order: rooms by slug, then members in the order they appeared. `room_id` is the
+        official SDKs' name for `room`. by_room() groups the same entries by room.
+        """
+        room = either_room(room, room_id)
+        return self._port.lobby_read(self.slug, lambda s: s.store.members(room))
+
+    def by_room(self) -> LobbySnapshotView:
+        """The lobby cache grouped by room: {room: {actor_id: ActorPresence}}, read-only.
+
+        Every room the lobby is known to have is a key, empty ones included (see
+        known_rooms); the same object while nothing changed and no room is empty.
+        """
         return self._port.lobby_read(self.slug, LobbyState.view)
 
     def get_presence(self, actor_id: str, room: Optional[str] = None) -> Optional[ActorPresence]:

@@ -7,7 +7,7 @@ its events, made of the client's public API only. Contexts are cached per name, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from nolag.events import PresenceContext
@@ -28,7 +28,7 @@ class RoomPort(Protocol):
 
     def own_presence(self, room: Optional[str] = None) -> Optional[Mapping[str, Any]]: ...
 
-    def get_all_presence(self, room: Optional[str] = None) -> Sequence[ActorPresence]: ...
+    def get_all_presence(self, room: Optional[str] = None) -> tuple[ActorPresence, ...]: ...
 
     def get_presence(
         self, actor_id: str, room: Optional[str] = None
@@ -38,7 +38,7 @@ class RoomPort(Protocol):
 
     def fetch_presence(
         self, room: Optional[str] = None, timeout: Optional[float] = None
-    ) -> list[ActorPresence]: ...
+    ) -> tuple[ActorPresence, ...]: ...
 
     def wait_for_presence(
         self,
@@ -97,7 +97,7 @@ class Room(PresenceContext):
         """The presence this client asked to show here, or None."""
         return self.client.own_presence(self.slug)
 
-    def get_all_presence(self) -> Sequence[ActorPresence]:
+    def get_all_presence(self) -> tuple[ActorPresence, ...]:
         """The room's members in the local cache (immutable, shared while unchanged)."""
         return self.client.get_all_presence(room=self.slug)
 
@@ -109,7 +109,7 @@ class Room(PresenceContext):
         """How many actors are in the room (not sockets)."""
         return self.client.presence_count(room=self.slug)
 
-    def fetch_presence(self, timeout: Optional[float] = None) -> list[ActorPresence]:
+    def fetch_presence(self, timeout: Optional[float] = None) -> tuple[ActorPresence, ...]:
         """The server's list for this room (see NoLag.fetch_presence)."""
         return self.client.fetch_presence(room=self.slug, timeout=timeout)
 

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Optional
 
 from nolag import ActorPresence, ForbiddenError, NoLag, NoLagError
@@ -30,8 +31,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
-def table(rooms: dict[str, dict[str, ActorPresence]]) -> str:
-    """One block per room: its people and their status."""
+def table(rooms: Mapping[str, Mapping[str, ActorPresence]]) -> str:
+    """One block per room (lobby.by_room(): {room: {actor_id: ActorPresence}}): its people
+    and their status."""
     out = []
     for room in sorted(rooms):
         members = rooms[room]
@@ -55,9 +57,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     def redraw() -> None:
         with lock:
             if live:
-                rooms = {r: dict(m) for r, m in lobby.get_all_presence().items()}
                 sys.stdout.write(
-                    "\x1b[H\x1b[2J" + f"lobby {args.lobby!r}\n\n" + table(rooms) + "\n"
+                    "\x1b[H\x1b[2J" + f"lobby {args.lobby!r}\n\n" + table(lobby.by_room()) + "\n"
                 )
                 sys.stdout.flush()
 
@@ -72,7 +73,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     lobby.on("presence:leave", lambda actor: changed("leave", actor))
     try:
         client.connect(timeout=10)
-        snapshot = lobby.subscribe(timeout=10)
+        lobby.subscribe(timeout=10)
     except ForbiddenError:
         print(f"lobby_dashboard: the token may not watch lobby {args.lobby!r}", file=sys.stderr)
         client.disconnect()
@@ -84,7 +85,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if live:
         redraw()
     else:
-        print(table({r: dict(m) for r, m in snapshot.items()}), flush=True)
+        print(table(lobby.by_room()), flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
         while deadline is None or time.monotonic() < deadline:

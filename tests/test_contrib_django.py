@@ -64,7 +64,7 @@ def test_sample_page_and_json_show_who_is_online(
     client: Any, nolag_settings: Any, broker: EmbeddedBroker
 ) -> None:
     assert broker.connection_count() == 0  # nothing connected at startup
-    assert client.get("/api/online").json() == {"room": "general", "count": 0, "online": []}
+    assert client.get("/api/online").json() == {"roomId": "general", "actors": [], "count": 0}
     assert broker.connection_count() == 1  # the first request did
     with ExitStack() as stack:
         alice = stack.enter_context(connected(broker.url, TOKENS["alice"]))
@@ -76,7 +76,8 @@ def test_sample_page_and_json_show_who_is_online(
         assert "1 online" in page and "<td>Alice</td>" in page and "<td>online</td>" in page
         assert "1 in random" in page  # {% nolag_count "random" %}
         body = client.get("/api/online?room=random").json()
-        assert [p["actorTokenId"] for p in body["online"]] == ["bob"]
+        assert body["roomId"] == "random" and body["count"] == 1
+        assert [p["actorTokenId"] for p in body["actors"]] == ["bob"]
         alice.disconnect()
         wait_until(lambda: client.get("/api/online").json()["count"] == 0)
         assert "nobody yet" in client.get("/").content.decode()
@@ -212,7 +213,7 @@ def test_runserver_with_its_autoreloader_connects_one_client(broker: EmbeddedBro
             alice.set_presence({"username": "Alice"}, room="general")
             wait_until(lambda: get("/api/online"), timeout=30)
             for _ in range(3):
-                assert [p["actorTokenId"] for p in get("/api/online")["online"]] == ["alice"]
+                assert [p["actorTokenId"] for p in get("/api/online")["actors"]] == ["alice"]
             # alice and one client of the serving process: the reloader's parent has none
             assert broker.connection_count() == 2
             assert server.poll() is None

@@ -78,7 +78,7 @@ def test_sample_page_and_json_endpoint_show_who_is_online(
     sample: flask.Flask, broker: EmbeddedBroker
 ) -> None:
     web = sample.test_client()
-    assert web.get("/api/online").get_json() == {"room": "general", "count": 0, "online": []}
+    assert web.get("/api/online").get_json() == {"roomId": "general", "actors": [], "count": 0}
     assert "nobody yet" in web.get("/").get_data(as_text=True)
     with ExitStack() as stack:
         alice = stack.enter_context(connected(broker.url, TOKENS["alice"]))
@@ -87,8 +87,8 @@ def test_sample_page_and_json_endpoint_show_who_is_online(
         bob.set_presence({"username": "Bob", "status": "away"}, room="general")
         wait_until(lambda: web.get("/api/online").get_json()["count"] == 2)
         body = web.get("/api/online").get_json()
-        assert sorted(p["actorTokenId"] for p in body["online"]) == ["alice", "bob"]
-        bob_entry = next(p for p in body["online"] if p["actorTokenId"] == "bob")
+        assert sorted(p["actorTokenId"] for p in body["actors"]) == ["alice", "bob"]
+        bob_entry = next(p for p in body["actors"] if p["actorTokenId"] == "bob")
         assert bob_entry["presence"] == {"username": "Bob", "status": "away"}
         assert bob_entry["roomId"] == "general"
         page = web.get("/").get_data(as_text=True)

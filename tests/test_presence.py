@@ -849,6 +849,29 @@ def test_lobby_snapshot_reconciles() -> None:
     assert lobby.rooms() == ("general",)
 
 
+def test_lobby_members_are_one_tuple_by_room_then_arrival_and_cached() -> None:
+    lobby = LobbyStore()
+    lobby.apply_event(lobby_ev("join", "random", "z", {}))
+    lobby.apply_event(lobby_ev("join", "general", "y", {}))
+    lobby.apply_event(lobby_ev("join", "general", "x", {}))
+    everyone = lobby.members()
+    assert isinstance(everyone, tuple)
+    assert [(a.room, a.actor_token_id) for a in everyone] == [
+        ("general", "y"),  # rooms by slug, then the order members appeared
+        ("general", "x"),
+        ("random", "z"),
+    ]
+    general = lobby.members("general")
+    assert [a.actor_token_id for a in general] == ["y", "x"]
+    assert lobby.members() is everyone and lobby.members("general") is general
+    assert lobby.members("nosuch") == () and "nosuch" not in lobby._flat  # never cached
+    lobby.apply_event(lobby_ev("update", "random", "z", {"v": 1}))
+    assert lobby.members() is not everyone and lobby.members("general") is not general
+    assert lobby.members() == tuple(
+        a for r in ("general", "random") for a in lobby.snapshot()[r].values()
+    )
+
+
 def test_lobby_empty_initial_snapshot_is_not_trusted() -> None:
     lobby = LobbyStore()
     lobby.apply_event(lobby_ev("join", "general", "x", {}))

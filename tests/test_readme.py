@@ -231,6 +231,7 @@ def test_the_django_settings_view_and_template_work(broker: EmbeddedBroker, tmp_
         )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.splitlines()[-1])
-    assert [a["actorTokenId"] for a in out["online"]["online"]] == ["alice"]
+    assert out["online"]["roomId"] == "general" and out["online"]["count"] == 1
+    assert [a["actorTokenId"] for a in out["online"]["actors"]] == ["alice"]
     page = " ".join(out["page"].split())
     assert "<p>1 online</p>" in page and "<li>Alice since " in page and "1 in general" in page

@@ -66,6 +66,40 @@ def test_room_context_sees_only_its_room(broker: EmbeddedBroker) -> None:
         assert alice.presence_count() == 3  # alice, bob, dave: actors, not memberships
 
 
+def test_every_set_of_presences_is_a_tuple_of_actor_presence_with_its_room(
+    broker: EmbeddedBroker,
+) -> None:
+    """Issue 15: client, room and (in test_lobbies_typing) lobby calls share one shape."""
+    with (
+        connected(broker.url, TOKENS["carol"]) as carol,
+        connected(broker.url, TOKENS["bob"]) as bob,
+        connected(broker.url, TOKENS["alice"]) as alice,
+    ):
+        general = carol.set_room("general")
+        general.set_presence({"name": "Carol"})
+        wait_until(lambda: carol.get_presence("carol", "general"))
+        bob.set_presence({"name": "Bob"}, room="general")
+        wait_until(lambda: carol.get_presence("bob", "general"))
+        alice.set_presence({"name": "Alice"}, room="general")
+        wait_until(lambda: carol.get_presence("alice", "general"))
+
+        def shape(people: object) -> list[tuple[str, str | None]]:
+            assert isinstance(people, tuple), type(people)
+            assert all(isinstance(p, ActorPresence) for p in people)
+            return [(p.actor_token_id, p.room) for p in people]
+
+        in_order = [("carol", "general"), ("bob", "general"), ("alice", "general")]
+        assert shape(carol.get_all_presence()) == in_order  # the order they appeared
+        assert shape(carol.get_all_presence("general")) == in_order
+        assert shape(general.get_all_presence()) == in_order
+        assert general.get_all_presence() is carol.get_all_presence("general")  # cached
+        assert shape(carol.get_all_presence("random")) == []
+        # the server's list: REST on the local broker, the socket in kraken mode
+        assert sorted(shape(carol.fetch_presence("general", timeout=5))) == sorted(in_order)
+        assert sorted(shape(general.fetch_presence(timeout=5))) == sorted(in_order)
+        assert sorted(shape(bob.fetch_presence(room_id="general", timeout=5))) == sorted(in_order)
+
+
 def test_switching_rooms_moves_the_presence(broker: EmbeddedBroker) -> None:
     with (
         connected(broker.url, TOKENS["alice"]) as alice,
@@ -221,7 +255,7 @@ def test_observer_never_announces_presence(broker: EmbeddedBroker) -> None:
             watcher.set_presence({"hidden": False}, room="general")
         lobby = watcher.set_app("demo").set_lobby("main")
         snapshot = lobby.subscribe(timeout=5)
-        assert set(snapshot["general"]) == {"bob"}
+        assert [(a.room, a.actor_token_id) for a in snapshot] == [("general", "bob")]
         assert [a.actor_token_id for a in bob.fetch_presence("general")] == ["bob"]
         assert bob.get_presence("alice") is None
 

@@ -181,6 +181,7 @@ def test_readme_snippets_and_samples_pass_mypy_strict(tmp_path: Path) -> None:
         [(1, "public_names.py (generated from nolag.__all__)")],
     )
     layout.add("handlers.py", HANDLERS, [(1, "handlers.py (the typed handlers probe)")])
+    layout.add("shapes.py", SHAPES, [(1, "shapes.py (the presence collections probe)")])
     config = mypy_config(top)
     result = subprocess.run(
         [
@@ -252,6 +253,36 @@ client.on("connect", joined)  # type: ignore[call-overload]
 client.once("error", connected)  # type: ignore[call-overload]
 room.on("connect", connected)  # type: ignore[call-overload]
 client.on("presence:joined", joined)  # type: ignore[call-overload]
+"""
+
+
+#: issue 15: every set of presences is typed as one immutable tuple of ActorPresence
+#: (a Sequence or a list would not pass for it), and the lobby's grouped view is by_room()
+SHAPES = """\
+from collections.abc import Mapping
+
+from nolag import ActorPresence, NoLag
+
+Presences = tuple[ActorPresence, ...]
+
+client = NoLag("token")
+room = client.set_room("general")
+lobby = client.set_lobby("main")
+shapes: list[Presences] = [
+    client.get_all_presence(),
+    client.get_all_presence("general"),
+    client.get_all_presence(room_id="general"),
+    client.fetch_presence("general", timeout=1.0),
+    room.get_all_presence(),
+    room.fetch_presence(timeout=1.0),
+    lobby.subscribe(timeout=1.0),
+    lobby.get_all_presence(),
+    lobby.get_all_presence("general"),
+    lobby.get_all_presence(room_id="general"),
+    lobby.fetch_presence(timeout=1.0),
+]
+grouped: Mapping[str, Mapping[str, ActorPresence]] = lobby.by_room()
+lobby.get_all_presence().items()  # type: ignore[attr-defined]
 """
 
 

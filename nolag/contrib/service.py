@@ -327,7 +327,7 @@ class PresenceService:
                 hit = self._fetched.get(room)
             if hit is not None and now - hit[0] < ttl:
                 return hit[1]
-        people = client.fetch_presence(room)
+        people = list(client.fetch_presence(room))
         if ttl > 0:
             with self._fetch_lock:
                 self._fetched[room] = (now, people)

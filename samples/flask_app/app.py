@@ -43,7 +43,8 @@ def create_app(config: Optional[dict[str, Any]] = None) -> Flask:
     def online_json() -> ResponseReturnValue:
         room = app.config["NOLAG_ROOM"]
         people = presence.online(room)
-        return jsonify(room=room, count=len(people), online=[p.to_dict() for p in people])
+        # the keys of `nolag presence list --json` and of the REST answer (docs/api.md)
+        return jsonify(roomId=room, actors=[p.to_dict() for p in people], count=len(people))
 
     @app.template_filter("since")
     def since(joined_at: Optional[float]) -> str:

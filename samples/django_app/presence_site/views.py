@@ -15,9 +15,10 @@ def who_is_online(request: HttpRequest) -> HttpResponse:
 
 
 def online_json(request: HttpRequest) -> JsonResponse:
-    """Who is online in the configured room (or ?room=...), as JSON."""
+    """Who is online in the configured room (or ?room=...), as JSON: the keys of
+    `nolag presence list --json` and of the REST answer (docs/api.md)."""
     room = request.GET.get("room") or settings.NOLAG["ROOM"]
     people = presence.online(room)
     return JsonResponse(
-        {"room": room, "count": len(people), "online": [p.to_dict() for p in people]}
+        {"roomId": room, "actors": [p.to_dict() for p in people], "count": len(people)}
     )
