@@ -37,8 +37,14 @@ from nolag.errors import (
 )
 from nolag.events import ClientEmitter, Dispatcher, Registry
 from nolag.lobby import Lobby
-from nolag.lobby import either_room as _either
-from nolag.models import ActorPresence, ConnectionState, NoLagOptions, check_timeout, freeze
+from nolag.models import (
+    ActorPresence,
+    ConnectionState,
+    NoLagOptions,
+    check_timeout,
+    either_room,
+    freeze,
+)
 from nolag.rooms import App, Room
 from nolag.session import ClientStats, Effects, merge_entries
 
@@ -288,7 +294,7 @@ class NoLag(ClientEmitter):
         if self.options.observer:
             raise NoLagError("this client is an observer (observer=True): it never sets presence")
         plain, _ = protocol.validate_presence_data(data, self.options.max_presence_bytes)
-        room = self._room_arg(_either(room, room_id))
+        room = self._room_arg(either_room(room, room_id))
         with self._lock:
             self._driver.carry(self._session.set_presence(plain, room, time.monotonic()))
 
@@ -325,10 +331,9 @@ class NoLag(ClientEmitter):
         `room_id` is the official SDKs' name for `room`.
         """
         self._check_fork()
-        room = _either(room, room_id)
+        room = either_room(room, room_id)
         with self._lock:
-            snap = self._session.snapshot(room)
-        return snap if isinstance(snap, tuple) else tuple(snap)
+            return self._session.snapshot(room)
 
     def get_presence(self, actor_id: str, room: Optional[str] = None) -> Optional[ActorPresence]:
         """One actor from the local cache (in `room`, or wherever it changed last), or None."""
@@ -404,7 +409,7 @@ class NoLag(ClientEmitter):
         official SDKs' name for `room`.
         """
         self._check_fork()
-        room = self._room_arg(_either(room, room_id))
+        room = self._room_arg(either_room(room, room_id))
         timeout = self._timeout(timeout, self.options.request_timeout, "timeout")
         deadline = time.monotonic() + timeout
         if self._rest_available is not False:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Callable, Optional, Protocol, TypeVar
 
 from nolag.events import PresenceContext
-from nolag.models import ActorPresence, FrozenDict
+from nolag.models import ActorPresence, FrozenDict, either_room
 from nolag.presence import JOIN, LEAVE, UPDATE, PublicEvent, frozen_data, same_data
 from nolag.protocol import LobbyPresence, LobbySnapshot
 
@@ -32,7 +32,6 @@ __all__ = [
     "LobbySnapshotView",
     "LobbyState",
     "LobbyStore",
-    "either_room",
 ]
 
 log = logging.getLogger("nolag")
@@ -41,18 +40,6 @@ T = TypeVar("T")
 
 #: a lobby's presence grouped by room: {room slug: {actor id: ActorPresence}} (`Lobby.by_room`)
 LobbySnapshotView = Mapping[str, Mapping[str, ActorPresence]]
-
-
-def either_room(room: Optional[str], room_id: Optional[str]) -> Optional[str]:
-    """`room`, or the official SDKs' `room_id` spelling of it (not both, unless equal).
-
-    Raises TypeError when both are given and differ.
-    """
-    if room_id is None:
-        return room
-    if room is not None and room != room_id:
-        raise TypeError(f"give room or room_id, not both ({room!r} and {room_id!r})")
-    return room_id
 
 
 def flatten(rooms: LobbySnapshotView, room: Optional[str] = None) -> tuple[ActorPresence, ...]:

@@ -188,6 +188,18 @@ class ConnectionState(str, enum.Enum):
         return self.value
 
 
+def either_room(room: Optional[str], room_id: Optional[str]) -> Optional[str]:
+    """`room`, or the official SDKs' `room_id` spelling of it (not both, unless equal).
+
+    Raises TypeError when both are given and differ.
+    """
+    if room_id is None:
+        return room
+    if room is not None and room != room_id:
+        raise TypeError(f"give room or room_id, not both ({room!r} and {room_id!r})")
+    return room_id
+
+
 def check_timeout(value: Optional[float], default: float, name: str) -> float:
     """A call's `timeout` argument in seconds: `default` when None; TypeError for a
     non-number, ValueError for one not above zero (both naming `name`)."""

@@ -939,7 +939,7 @@ class Session:
             self.stats.events_emitted += len(events)
             fx.events.extend(events)
 
-    def snapshot(self, room: Optional[str]) -> Sequence[ActorPresence]:
+    def snapshot(self, room: Optional[str]) -> tuple[ActorPresence, ...]:
         """The cache, all rooms or one (immutable)."""
         return self.store.snapshot(room) if room is not None else self.store.snapshot()
 

@@ -106,7 +106,7 @@ class NoLagPresence:
         """This worker's connected client for the current app (connects on first use)."""
         return self.service().client
 
-    def online(self, room: Optional[str] = None) -> list[ActorPresence]:
+    def online(self, room: Optional[str] = None) -> tuple[ActorPresence, ...]:
         """Who is online in `room` (default NOLAG_ROOM), one entry per actor."""
         return self.service().online(room)
 

@@ -248,8 +248,9 @@ class PresenceService:
         """This process's client if it was built already, else None (never connects)."""
         return self._holder.peek()
 
-    def online(self, room: Optional[str] = None) -> list[ActorPresence]:
-        """Who is online in `room` (default: settings.room), one entry per actor, join order."""
+    def online(self, room: Optional[str] = None) -> tuple[ActorPresence, ...]:
+        """Who is online in `room` (default: settings.room), one entry per actor, join order:
+        an immutable tuple, like every set of presences (docs/api.md)."""
         room = room if room is not None else self.settings.room
         client = self.client
         if room is None:
@@ -261,7 +262,7 @@ class PresenceService:
         if not self.settings.include_self:
             me = client.actor_id
             people = [p for p in people if p.actor_token_id != me]
-        return list(people)
+        return tuple(people)
 
     def count(self, room: Optional[str] = None) -> int:
         """How many actors are online in `room` (default: settings.room)."""

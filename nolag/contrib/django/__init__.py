@@ -54,7 +54,7 @@ def get_client() -> NoLag:
     return get_service().client
 
 
-def online(room: Optional[str] = None) -> list[ActorPresence]:
+def online(room: Optional[str] = None) -> tuple[ActorPresence, ...]:
     """Who is online in `room` (default NOLAG["ROOM"]), one entry per actor."""
     return get_service().online(room)
 

@@ -13,7 +13,7 @@ from nolag.models import ActorPresence
 register = template.Library()
 
 
-def nolag_online(room: Optional[str] = None) -> list[ActorPresence]:
+def nolag_online(room: Optional[str] = None) -> tuple[ActorPresence, ...]:
     """Who is online in `room` (default NOLAG["ROOM"]); use with ``as people``."""
     return nolag_django.online(room)
 
