@@ -70,6 +70,8 @@ class _Conn:
         self.lock = threading.Lock()  # one writer at a time
         self.closed = threading.Event()
         self.authed = threading.Event()
+        #: the client closed TCP after its close frame before our close reply went out
+        self.hung_up_early = False
         #: set: the server stops reading this socket (its receive buffer fills, then ours)
         self.paused = threading.Event()
         self.thread: Optional[threading.Thread] = None
@@ -89,13 +91,18 @@ class EvilServer:
         auth_reply: Optional[Callable[[int, dict[str, Any]], Optional[dict[str, Any]]]] = None,
         drip: Optional[float] = None,
         redirect_to: Optional[str] = None,
+        close_reply_after: Optional[float] = 0.0,
     ) -> None:
         """`drip`: send the upgrade reply one byte every `drip` seconds; `redirect_to`:
-        answer the upgrade with a 302 to that URL instead."""
+        answer the upgrade with a 302 to that URL instead; `close_reply_after`: seconds
+        between a client's close frame and our close reply (a data frame goes out
+        meanwhile), None for no reply at all (the connection `hung_up_early` if the
+        client closed TCP before our reply)."""
         self.number = next(_numbers)
         self.echo_heartbeats = echo_heartbeats
         self.drip = drip
         self.redirect_to = redirect_to
+        self.close_reply_after = close_reply_after
         self.auth_reply = auth_reply or (lambda conn, frame: AUTH_OK)
         self.received: list[tuple[int, int, bytes]] = []  # (connection, opcode, payload)
         self.conns: list[_Conn] = []
@@ -268,6 +275,20 @@ class EvilServer:
             with contextlib.suppress(OSError):
                 sock.close()
 
+    def _linger(self, conn: _Conn, seconds: float) -> None:
+        """After the client's close frame: send one data frame, then watch the socket for
+        `seconds` (bounded); the client hanging up meanwhile is noted, not an error."""
+        deadline = time.monotonic() + seconds
+        try:
+            conn.send(server_frame(msgpack.packb({"type": "late"}, use_bin_type=True)))
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                readable, _, _ = select.select([conn.sock], [], [], 0.02)
+                if readable and not conn.sock.recv(65536):
+                    conn.hung_up_early = True
+                    return
+        except OSError:
+            conn.hung_up_early = True
+
     def _parse(self, conn: _Conn) -> list[tuple[int, bytes]]:
         out = []
         data = conn.buffer
@@ -296,9 +317,16 @@ class EvilServer:
     def _on_frame(self, conn: _Conn, opcode: int, payload: bytes) -> None:
         with self._lock:
             self.received.append((conn.number, opcode, payload))
-        if opcode == 0x8:  # close: answer and end
-            with contextlib.suppress(OSError):
-                conn.send(server_frame(payload[:2], 0x8))
+        if opcode == 0x8:  # close: answer (perhaps late, perhaps never) and end
+            if self.close_reply_after:
+                self._linger(conn, self.close_reply_after)
+            if self.close_reply_after is None:
+                self._linger(conn, 10.0)  # until the client gives up and hangs up
+            else:
+                try:
+                    conn.send(server_frame(payload[:2], 0x8))
+                except OSError:
+                    conn.hung_up_early = True
             conn.closed.set()
             return
         if opcode == 0x9:  # ping

@@ -292,6 +292,40 @@ def test_disconnect_sends_the_last_presence_set(broker: EmbeddedBroker) -> None:
         carol.disconnect(timeout=2)
 
 
+def test_disconnect_keeps_the_socket_until_the_servers_close_frame() -> None:
+    """RFC 6455 section 7.1.1: after its close frame the client waits for the server's;
+    the server closes TCP first. Before: the socket was closed as soon as our close frame
+    was written, a reset whenever unread bytes waited (here: a frame the server sends
+    after our close), which can destroy our last frames before the server reads them."""
+    server = EvilServer(close_reply_after=0.3).start()
+    client = NoLag("t", url=server.url, reconnect=False)
+    try:
+        client.connect(timeout=5)
+        conn = server.wait_authed()
+        client.disconnect(timeout=5)
+        wait_until(conn.closed.is_set, timeout=5)
+        assert [op for _, op, _ in server.received if op == 0x8] == [0x8]  # our close frame
+        assert conn.hung_up_early is False
+    finally:
+        client.disconnect(timeout=2)
+        server.stop()
+
+
+def test_disconnect_ends_when_the_server_never_answers_our_close() -> None:
+    server = EvilServer(close_reply_after=None).start()
+    client = NoLag("t", url=server.url, reconnect=False)
+    try:
+        client.connect(timeout=5)
+        conn = server.wait_authed()
+        client.disconnect(timeout=5)  # bounded by CLOSE_REPLY_WAIT (2 s), within 5
+        assert not client.connected
+        wait_until(lambda: conn.hung_up_early, timeout=5)  # we hung up, unanswered
+        wait_until(lambda: not [t for t in nolag_threads() if t.startswith("nolag-loop")])
+    finally:
+        client.disconnect(timeout=2)
+        server.stop()
+
+
 # ---------------------------------------------------------------- kind 6: hostile framing
 
 

@@ -43,6 +43,9 @@ log = logging.getLogger("nolag")
 
 #: how long the loop waits when it has no timer due, before re-checking
 _IDLE_WAIT = 1.0
+#: seconds at most to wait for the server's close frame after ours (Kraken answers in
+#: about a millisecond in every transcript); the socket closes when it comes, or then
+CLOSE_REPLY_WAIT = 2.0
 #: bytes joined into one socket write
 _WRITE_CHUNK = 256 * 1024
 
@@ -93,6 +96,8 @@ class Channel:
         self._out_bytes = 0
         self._wbuf: Optional[memoryview] = None
         self._closing_at: Optional[float] = None  # close frame queued: end once drained
+        #: our close frame is written: wait for the server's (until then), reading nothing
+        self._reply_by: Optional[float] = None
         self._stalled_since: Optional[float] = None
         self._writing = False  # EVENT_WRITE is registered
         self.ended = threading.Event()  # no longer in the loop, socket closed
@@ -195,6 +200,7 @@ class Loop:
         )
         self._writes: set[Channel] = set()  # asked to write (any thread, under the lock)
         self._blocked: set[Channel] = set()  # waiting for writability (loop thread only)
+        self._closing: set[Channel] = set()  # close written, awaiting the server's close
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._order = itertools.count()
         self._thread: Optional[threading.Thread] = None
@@ -346,6 +352,7 @@ class Loop:
             channel.registered = False
         self._channels.discard(channel)
         self._blocked.discard(channel)
+        self._closing.discard(channel)
         control = getattr(channel.transport, "control", None)
         if control:  # a close reply or a pong: one last try, never a wait
             with contextlib.suppress(Exception):
@@ -363,6 +370,9 @@ class Loop:
                     log.exception("unexpected error handling a lost connection")
 
     def _read(self, channel: Channel, now: float) -> None:
+        if channel._reply_by is not None:
+            self._read_after_close(channel)
+            return
         try:
             batch = channel.transport.read()
         except ConnectionClosedError as exc:
@@ -393,13 +403,44 @@ class Loop:
             self._end(channel, exc, channel._closing_at is None)
             return
         if done and channel._closing_at is not None:
-            self._end(channel, ConnectionClosedError("closed by the client"), False)
+            self._await_close_reply(channel, now)
             return
         self._interest(channel, not done)
         if done:
             self._blocked.discard(channel)
         else:
             self._blocked.add(channel)
+
+    def _await_close_reply(self, channel: Channel, now: float) -> None:
+        """Our close frame is out: keep the socket open until the server's close frame or
+        its EOF (RFC 6455 section 7.1.1, the server closes TCP first), at most
+        CLOSE_REPLY_WAIT seconds and never past the caller's deadline. Closing at once
+        could reset the connection while unread bytes wait, and a reset can destroy
+        frames of ours the server has not read yet: the last presence among them."""
+        assert channel._closing_at is not None
+        channel._reply_by = min(channel._closing_at, now + CLOSE_REPLY_WAIT)
+        self._interest(channel, False)
+        self._blocked.discard(channel)
+        self._closing.add(channel)
+
+    def _read_after_close(self, channel: Channel) -> None:
+        """Read and drop what arrives after our close frame, until the server's close."""
+        transport = channel.transport
+        try:
+            transport.read()
+        except ConnectionClosedError:
+            self._end(channel, ConnectionClosedError("closed by the client"), False)
+        except Exception:  # never let one connection stop the others
+            self._end(channel, ConnectionClosedError("closed by the client"), False)
+        control = getattr(transport, "control", None)
+        if control:
+            control.clear()  # no pong, and no second close, after our close frame
+
+    def _check_closing(self, now: float) -> None:
+        """End the channels whose close reply did not come in time."""
+        for channel in list(self._closing):
+            if channel._reply_by is not None and now >= channel._reply_by:
+                self._end(channel, ConnectionClosedError("closed by the client"), False)
 
     def _check_stalls(self, now: float) -> None:
         """Cut channels whose peer stopped reading, or whose close took too long."""
@@ -455,6 +496,9 @@ class Loop:
                     timeout = _IDLE_WAIT if not self._blocked else 0.25  # stall checks
                     if self._timers:
                         timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
+                    for channel in self._closing:
+                        assert channel._reply_by is not None
+                        timeout = min(timeout, max(0.0, channel._reply_by - time.monotonic()))
             try:
                 ready = self._selector.select(timeout)
             except (OSError, ValueError):  # pragma: no cover - a closed fd slipped in
@@ -479,6 +523,8 @@ class Loop:
             self._run_timers(time.monotonic())
             if self._blocked:
                 self._check_stalls(time.monotonic())
+            if self._closing:
+                self._check_closing(time.monotonic())
 
     def _run_timers(self, now: float) -> None:
         """Run the timers due at `now`; one set again for now waits for the next pass."""
