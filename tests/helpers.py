@@ -16,6 +16,10 @@ from nolag import NoLag
 from nolag.testing import wait_until as wait_until  # the plugin's, re-exported here
 
 RUN_INTEROP = False
+
+#: keys the local broker adds to a presence event's `data` that Kraken does not send
+#: (docs/brokers.md); a test comparing with a transcript takes them out
+EVENT_DATA_EXTENSIONS = ("connectionId", "actorType", "joinedAt")
 """Whether pytest got ``--interop`` (set by conftest.py before collection)."""
 
 INTEROP_SKIP = "interop tests need --interop (it installs the official SDK in .interop-venv/)"

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import msgpack
 import pytest
+from helpers import EVENT_DATA_EXTENSIONS
 from rawclient import RawClient
 
 from nolag.broker import EmbeddedBroker
@@ -52,7 +53,7 @@ def strip_extensions(frame: Any) -> Any:
         f.pop("hint", None)
     if f.get("type") == "presence" and "event" in f:
         f.pop("roomId", None)
-        for key in ("connectionId", "actorType", "joinedAt"):
+        for key in EVENT_DATA_EXTENSIONS:
             f["data"].pop(key, None)
     if f.get("type") == "presenceList":
         if f.get("roomId", "") is None:

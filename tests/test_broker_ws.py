@@ -8,6 +8,7 @@ from typing import Any, Callable
 import msgpack
 import pytest
 import requests
+from helpers import EVENT_DATA_EXTENSIONS
 from rawclient import Closed, RawClient
 
 from nolag.broker import EmbeddedBroker
@@ -33,8 +34,7 @@ def take(client: RawClient, n: int) -> list[Any]:
 
 def kraken_view(frame: dict[str, Any]) -> dict[str, Any]:
     """A presence event without the local broker's extension keys."""
-    extensions = ("connectionId", "actorType", "joinedAt")
-    data = {k: v for k, v in frame["data"].items() if k not in extensions}
+    data = {k: v for k, v in frame["data"].items() if k not in EVENT_DATA_EXTENSIONS}
     return {"type": frame["type"], "event": frame["event"], "data": data}
 
 

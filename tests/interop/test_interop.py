@@ -47,7 +47,8 @@ def kraken_view(frame: dict[str, Any]) -> dict[str, Any]:
         out.pop("rateLimit", None)
     elif out.get("type") == "presence":
         out.pop("roomId", None)
-        out["data"] = {k: v for k, v in out["data"].items() if k != "connectionId"}
+        extensions = helpers.EVENT_DATA_EXTENSIONS
+        out["data"] = {k: v for k, v in out["data"].items() if k not in extensions}
     elif out.get("type") == "presenceList":
         if out.get("roomId") is None:
             out.pop("roomId", None)
