@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -181,11 +182,12 @@ def _read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
     return received
 
 
-def _drain(fd: int) -> bytes:
-    """The rest of a pseudo-terminal's output once its process has ended."""
+def _drain(fd: int, timeout: float = 1.0) -> bytes:
+    """A pseudo-terminal's output until its process has ended (EOF or EIO), or until
+    nothing came for `timeout` seconds."""
     received = b""
     with contextlib.suppress(OSError):  # EIO: the other side is closed
-        while select.select([fd], [], [], 1.0)[0]:
+        while select.select([fd], [], [], timeout)[0]:
             chunk = os.read(fd, 4096)
             if not chunk:
                 break
@@ -205,22 +207,34 @@ def test_chat_room_on_a_terminal_echoes_typing_and_ends_its_line_on_ctrl_c(
         stdin=slave,
         stdout=slave,
         stderr=subprocess.PIPE,
-        env=ENV,
+        env={**ENV, "PYTHONFAULTHANDLER": "1"},  # SIGABRT below prints every thread's stack
     )
     os.close(slave)
+    after: list[bytes] = []
+    reader = threading.Thread(target=lambda: after.append(_drain(master, 20.0)), daemon=True)
     try:
         _read_until(master, b"Dave (you)", 20)  # connected and drawn
         os.write(master, "hé".encode())
         _read_until(master, "> hé".encode(), 10)
+        # from now on a thread keeps reading the terminal: a full terminal would block
+        # the sample's screen redraws (a terminal nobody reads is not what we test)
+        reader.start()
         chat.send_signal(signal.SIGINT)
-        assert chat.wait(15) == 0
-        rest = _drain(master)
+        try:
+            code = chat.wait(15)
+        except subprocess.TimeoutExpired:
+            chat.send_signal(signal.SIGABRT)
+            stacks = chat.communicate(timeout=10)[1].decode(errors="replace")
+            raise AssertionError(f"chat_room did not end on Ctrl-C:\n{stacks}") from None
+        assert code == 0
+        reader.join(25)
     finally:
         chat.kill()
         chat.communicate()
+        reader.join(25)
         os.close(master)
     # the shell's prompt then starts on a line of its own
-    assert rest.endswith(b"\r\n"), rest
+    assert after and after[0].endswith(b"\r\n"), after
 
 
 def test_chat_room_shows_typing_then_the_message(broker_process: str) -> None:
