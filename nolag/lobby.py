@@ -25,14 +25,7 @@ from nolag.models import ActorPresence, FrozenDict, either_room
 from nolag.presence import JOIN, LEAVE, UPDATE, PublicEvent, frozen_data, same_data
 from nolag.protocol import LobbyPresence, LobbySnapshot
 
-__all__ = [
-    "Lobby",
-    "LobbyBook",
-    "LobbyPort",
-    "LobbySnapshotView",
-    "LobbyState",
-    "LobbyStore",
-]
+__all__ = ["Lobby", "LobbyBook", "LobbyPort", "LobbySnapshotView", "LobbyState", "LobbyStore"]
 
 log = logging.getLogger("nolag")
 
@@ -40,14 +33,6 @@ T = TypeVar("T")
 
 #: a lobby's presence grouped by room: {room slug: {actor id: ActorPresence}} (`Lobby.by_room`)
 LobbySnapshotView = Mapping[str, Mapping[str, ActorPresence]]
-
-
-def flatten(rooms: LobbySnapshotView, room: Optional[str] = None) -> tuple[ActorPresence, ...]:
-    """The members of a grouped view as one tuple: rooms by slug, then members in the
-    order the view holds them (the order they appeared); only `room`'s when given."""
-    if room is not None:
-        return tuple(rooms.get(room, {}).values())
-    return tuple(actor for key in sorted(rooms) for actor in rooms[key].values())
 
 
 class _LobbyMember:
@@ -101,7 +86,11 @@ class LobbyStore:
         `room`'s members only; cached: the same object until the next change."""
         flat = self._flat.get(room)
         if flat is None:
-            flat = flatten(self.snapshot(), room)
+            rooms = self.snapshot()
+            if room is not None:
+                flat = tuple(rooms.get(room, {}).values())
+            else:
+                flat = tuple(actor for key in sorted(rooms) for actor in rooms[key].values())
             if room is None or room in self._rooms:  # never grow with unknown names
                 self._flat[room] = flat
         return flat

@@ -428,13 +428,14 @@ class Loop:
         transport = channel.transport
         try:
             transport.read()
-        except ConnectionClosedError:
-            self._end(channel, ConnectionClosedError("closed by the client"), False)
-        except Exception:  # never let one connection stop the others
-            self._end(channel, ConnectionClosedError("closed by the client"), False)
+            ended = False
+        except Exception:  # the server's close, its EOF, or anything: the end either way
+            ended = True
         control = getattr(transport, "control", None)
         if control:
             control.clear()  # no pong, and no second close, after our close frame
+        if ended:
+            self._end(channel, ConnectionClosedError("closed by the client"), False)
 
     def _check_closing(self, now: float) -> None:
         """End the channels whose close reply did not come in time."""
